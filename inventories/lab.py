@@ -1,0 +1,33 @@
+"""pyinfra inventory of the test hosts started by ``lamina lab up``.
+
+    lamina lab up
+    pyinfra inventories/lab.py exec -- hostname
+
+Follows ``LAMINA_LAB_DIR`` (the test suite's lab: ``LAMINA_LAB_DIR=/run/lamina/testlab``).
+Host-key checking is on: the lab's known_hosts holds each host's key ("NAME,IP key").
+"""
+
+from lamina import lab as _lab
+
+_hosts = _lab.hosts()
+if not _hosts:
+    raise SystemExit(
+        f"inventories/lab.py: the lab in {_lab.lab_dir()} is down: start it with `lamina lab up`"
+    )
+
+# group "lab": (name, data) per host; pyinfra connects to ssh_hostname, not to the name
+lab = [
+    (
+        _h.name,
+        {
+            "ssh_hostname": _h.address,
+            "ssh_user": "root",
+            "ssh_key": str(_lab.identity()),
+            "ssh_known_hosts_file": str(_lab.known_hosts()),
+            "ssh_strict_host_key_checking": "yes",
+            "lamina_roles": ["demo"],
+            "lamina_lab_ssh_config": str(_lab.ssh_config()),
+        },
+    )
+    for _h in _hosts
+]

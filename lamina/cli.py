@@ -1,0 +1,145 @@
+"""The `lamina` command. Exit codes: 0 ok, 1 a host failed, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import loader
+from .errors import LaminaError, SpecInvalid
+
+EPILOG = """\
+examples:
+  lamina lab up                                  start 3 test hosts on this machine
+  lamina validate roles/demo/spec.yml            check a spec without touching any host
+  lamina plan  -i inventories/lab.py roles/demo/spec.yml
+  lamina apply -i inventories/lab.py roles/demo/spec.yml
+  lamina verify -i inventories/lab.py roles/demo/spec.yml
+
+exit codes: 0 ok, 1 a host failed or verification failed, 2 bad input (nothing touched)
+"""
+
+
+def _targets(p: argparse.ArgumentParser, spec_required: bool = False) -> None:
+    p.add_argument("-i", "--inventory", required=True, help="pyinfra inventory (file or host list)")
+    p.add_argument("specs", nargs="+" if spec_required else "*", metavar="SPEC",
+                   help="spec files (default: roles/<role>/spec.yml for each role in the host's"
+                        " lamina_roles inventory data)")
+    p.add_argument("--limit", action="append", default=[], metavar="HOST",
+                   help="only these hosts (repeatable)")
+    p.add_argument("--sudo", action="store_true", help="run remote commands through sudo")
+
+
+def parser() -> argparse.ArgumentParser:
+    from . import lab
+
+    p = argparse.ArgumentParser(
+        prog="lamina", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Docker's storage model — layers, overlays, volumes, binds — as idempotent"
+                    " infrastructure on plain Linux hosts, over SSH.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    v = sub.add_parser("validate", help="check spec files; prints FILE:LINE:COL: message per error")
+    v.add_argument("specs", nargs="+", metavar="SPEC")
+    v.add_argument("-i", "--inventory", help="render templates with each host's data")
+    v.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of spec files (for editors)")
+    s.set_defaults(func=cmd_schema)
+
+    pl = sub.add_parser("plan", help="show, per host, what apply would change and why")
+    _targets(pl)
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
+    pl.add_argument("--detailed-exitcode", action="store_true",
+                    help="exit 3 when there are changes (like terraform)")
+    pl.set_defaults(func=cmd_plan)
+
+    ap = sub.add_parser("apply", help="converge hosts to the specs")
+    _targets(ap)
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.set_defaults(func=cmd_apply)
+
+    ve = sub.add_parser("verify", help="check hosts against the specs with pytest-testinfra over SSH")
+    _targets(ve)
+    ve.add_argument("--junitxml", metavar="FILE", help="write a JUnit XML report")
+    ve.add_argument("-q", "--quiet", action="store_true", help="less pytest output")
+    ve.set_defaults(func=cmd_verify)
+
+    lab.register(sub)
+    return p
+
+
+def cmd_validate(args) -> int:
+    from .runner import host_variables, load_inventory
+
+    if args.inventory:
+        for h in load_inventory(args.inventory):
+            loader.load(args.specs, host_variables(h.name, h.data.dict()))
+    else:  # templates see an anonymous host; -i gives them real inventory data
+        try:
+            loader.load(args.specs, host_variables("localhost", {}))
+        except SpecInvalid as e:
+            if any("is undefined" in err.message for err in e.errors):
+                print("lamina: hint: pass -i INVENTORY to render templates with host data",
+                      file=sys.stderr)
+            raise
+    print(f"ok: {len(args.specs)} spec file(s) valid", file=sys.stderr)
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from .spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _run(args, apply: bool) -> int:
+    from .runner import run
+
+    report = run(args.inventory, args.specs, apply=apply, sudo=args.sudo, limit=args.limit)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print("\n".join(report.lines(applied=apply)))
+    if report.failed:
+        return 1
+    if not apply and args.detailed_exitcode and any(h.changed for h in report.hosts.values()):
+        return 3
+    return 0
+
+
+def cmd_plan(args) -> int:
+    return _run(args, apply=False)
+
+
+def cmd_apply(args) -> int:
+    return _run(args, apply=True)
+
+
+def cmd_verify(args) -> int:
+    from .verify import verify
+
+    return verify(args.inventory, args.specs, sudo=args.sudo, limit=args.limit,
+                  junitxml=args.junitxml, quiet=args.quiet)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecInvalid as e:
+        loader.report(e)
+        return e.exit_code
+    except LaminaError as e:
+        print(f"lamina: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("lamina: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Reading a host: one shell command that reports everything lamina needs, and the
+pure parser that turns its output into a `HostState`.
+
+The command needs only POSIX sh, coreutils (stat, readlink, cat) and util-linux
+(mount). Its output is line-based sections; paths never contain control characters
+(the spec refuses them), so a tab-separated line per path is unambiguous.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .plan import HostPlan
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def unescape(field_: str) -> str:
+    """mountinfo writes space, tab, newline, backslash (and overlay's ',') as \\NNN."""
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field_)
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    mount_id: int
+    parent_id: int
+    dev: str  # major:minor
+    root: str  # path inside the filesystem that is mounted here (a bind's source)
+    target: str
+    options: frozenset[str]  # per-mount options: ro/rw, nosuid, ...
+    fstype: str
+    source: str
+    super_options: tuple[str, ...]
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.options or "ro" in self.super_options
+
+    def super_option(self, name: str) -> str | None:
+        for opt in self.super_options:
+            if opt.startswith(name + "="):
+                return opt[len(name) + 1:]
+        return None
+
+    @property
+    def lower(self) -> tuple[str, ...]:
+        """The lower stack, highest first, from either `lowerdir=a:b` or `lowerdir+=` form."""
+        plus = [o[len("lowerdir+="):] for o in self.super_options if o.startswith("lowerdir+=")]
+        if plus:
+            return tuple(plus)
+        value = self.super_option("lowerdir")
+        return tuple(value.split(":")) if value else ()
+
+
+def parse_mountinfo(lines: Iterable[str]) -> list[MountEntry]:
+    entries = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 10 or "-" not in fields[6:]:
+            continue
+        sep = fields.index("-", 6)
+        entries.append(MountEntry(
+            mount_id=int(fields[0]),
+            parent_id=int(fields[1]),
+            dev=fields[2],
+            root=unescape(fields[3]),
+            target=unescape(fields[4]),
+            options=frozenset(fields[5].split(",")),
+            fstype=fields[sep + 1],
+            source=unescape(fields[sep + 2]),
+            # Split before unescaping: a literal ',' in a path arrives as \054.
+            super_options=tuple(unescape(o) for o in fields[sep + 3].split(",")) if len(fields) > sep + 3 else (),
+        ))
+    return entries
+
+
+@dataclass(frozen=True)
+class PathInfo:
+    resolved: str
+    type: str | None = None  # None: missing; else stat's %F ("directory", ...)
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.type is not None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == "directory"
+
+
+@dataclass(frozen=True)
+class HostState:
+    mounts: tuple[MountEntry, ...] = ()
+    paths: dict[str, PathInfo] = field(default_factory=dict)
+    util_linux: tuple[int, ...] = ()
+    files: dict[str, str] = field(default_factory=dict)  # managed small files' content
+
+    def resolve(self, path: str) -> str:
+        info = self.paths.get(path)
+        return info.resolved if info else path
+
+    def stack(self, path: str) -> list[MountEntry]:
+        """Mounts on a path, bottom first (the last one is what users see)."""
+        target = self.resolve(path)
+        return [m for m in self.mounts if m.target == target]
+
+    def backing(self, path: str) -> MountEntry | None:
+        """The mount a (resolved) path lives on: the longest visible mount point prefix."""
+        best = None
+        for m in self.mounts:
+            t = m.target
+            if path == t or path.startswith(t.rstrip("/") + "/") or t == "/":
+                if best is None or len(t) >= len(best.target):
+                    best = m
+        return best
+
+
+MARK = "@@lamina"
+
+
+def command(plan: HostPlan) -> str:
+    """The one command that reads a host's state for this plan."""
+    paths = " ".join(shlex.quote(p) for p in plan.paths()) or "''"
+    files = " ".join(shlex.quote(f) for f in plan.files())
+    return "\n".join([
+        f"echo {MARK}-mountinfo; cat /proc/self/mountinfo",
+        f"echo {MARK}-util-linux; mount -V 2>&1 | head -n 1",
+        f"echo {MARK}-paths",
+        f"for p in {paths}; do",
+        '  [ -n "$p" ] || continue',
+        '  r=$(readlink -m -- "$p")',
+        "  if s=$(stat -L -c '%F\t%a\t%u\t%g' -- \"$p\" 2>/dev/null);"
+        " then printf '%s\\t%s\\t%s\\n' \"$p\" \"$r\" \"$s\";"
+        " else printf '%s\\t%s\\n' \"$p\" \"$r\"; fi",
+        "done",
+        f"echo {MARK}-files",
+        *([f"for f in {files}; do if [ -f \"$f\" ]; then printf '%s\\t%s\\n' \"$f\" \"$(cat -- \"$f\")\"; fi; done"]
+          if files else []),
+        f"echo {MARK}-end",
+    ])
+
+
+def parse(lines: Sequence[str]) -> HostState:
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in lines:
+        if line.startswith(MARK + "-"):
+            current = line[len(MARK) + 1:].strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    if "end" not in sections:
+        raise ValueError("incomplete fact output (no end marker)")
+    paths = {}
+    for line in sections.get("paths", []):
+        parts = line.split("\t")
+        if len(parts) == 2:
+            paths[parts[0]] = PathInfo(parts[1])
+        elif len(parts) == 6:
+            paths[parts[0]] = PathInfo(parts[1], parts[2], int(parts[3], 8), int(parts[4]), int(parts[5]))
+    version = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", " ".join(sections.get("util-linux", [])))
+    files = {}
+    for line in sections.get("files", []):
+        path, _, content = line.partition("\t")
+        files[path] = content
+    return HostState(
+        mounts=tuple(parse_mountinfo(sections.get("mountinfo", []))),
+        paths=paths,
+        util_linux=tuple(int(g) for g in version.groups() if g) if version else (),
+        files=files,
+    )

@@ -1,0 +1,344 @@
+"""Test hosts on this machine: ``lamina lab up [-n N] | down | status | ssh HOST [CMD...]``.
+
+Each lab host is a set of Linux namespaces with its own IP, copy-on-write root and sshd (see
+``labhosts.sh`` beside this file, which does the real work as root). This module wraps it for the
+CLI, for ``inventories/lab.py`` and for the integration tests.
+
+The lab is chosen by environment variables, so that a user's demo lab and the test suite's lab
+coexist: ``LAMINA_LAB_DIR`` (default ``/run/lamina/lab``), ``LAMINA_LAB_PREFIX`` (default ``lab``),
+``LAMINA_LAB_NET`` (default ``10.203.0``). They are read on every call, never cached.
+
+Importing this module is cheap (standard library only): the inventory imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lamina.errors import LaminaError
+
+DEFAULT_DIR = "/run/lamina/lab"
+HARNESS = Path(__file__).with_name("labhosts.sh")
+
+# One line per session request, logged by each host's sshd at LogLevel VERBOSE (OpenSSH 9.2
+# session.c do_exec): "Starting session: command for root from 10.203.0.1 port 4711 id 0".
+# The kind is "command", "command on pts/N", "subsystem 'sftp'", "shell", "forced-command".
+# OpenSSH logs no command text at any LogLevel.
+_SESSION = re.compile(r"^Starting session: (.+?) for \S+ from ")
+
+
+class LabError(LaminaError):
+    """A problem the user can fix; the CLI prints it as one line."""
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    address: str
+    pid: int | None = None  # the host's PID 1 as seen from the machine (nsenter -t PID -a)
+
+
+def lab_dir() -> Path:
+    return Path(os.environ.get("LAMINA_LAB_DIR") or DEFAULT_DIR)
+
+
+def ssh_config() -> Path:
+    return lab_dir() / "ssh_config"
+
+
+def known_hosts() -> Path:
+    return lab_dir() / "known_hosts"
+
+
+def identity() -> Path:
+    return lab_dir() / "id_ed25519"
+
+
+def hosts() -> list[LabHost]:
+    """The hosts the last ``up`` started (empty when the lab is down)."""
+    try:
+        state = json.loads((lab_dir() / "hosts.json").read_text())
+    except FileNotFoundError:
+        return []
+    return [LabHost(h["name"], h["address"], h.get("pid")) for h in state["hosts"]]
+
+
+def host(name: str) -> LabHost:
+    """The lab host called ``name``; LabError if the lab is down or has no such host."""
+    all_hosts = hosts()
+    if not all_hosts:
+        raise LabError(f"the lab in {lab_dir()} is down: start it with `lamina lab up`")
+    for h in all_hosts:
+        if h.name == name:
+            return h
+    names = ", ".join(h.name for h in all_hosts)
+    raise LabError(f"no lab host {name!r} (hosts: {names})")
+
+
+# --- lifecycle -----------------------------------------------------------------------------------
+
+
+def _check_machine() -> None:
+    if os.geteuid() != 0:
+        raise LabError("lamina lab needs root (network namespaces, mounts): run it as root")
+    if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
+        raise LabError("sshd not found: install openssh-server (apt-get install openssh-server)")
+    for tool, package in [
+        ("ssh", "openssh-client"),
+        ("ssh-keygen", "openssh-client"),
+        ("ip", "iproute2"),
+        ("unshare", "util-linux"),
+        ("flock", "util-linux"),
+    ]:
+        if not (shutil.which(tool) or os.path.exists(f"/usr/sbin/{tool}")):
+            raise LabError(f"{tool} not found: install {package}")
+
+
+def _harness(action: str, **env: str) -> None:
+    """Run ``labhosts.sh ACTION``: its stdout (progress) goes to ours, its stderr becomes the error.
+
+    Safe to capture: the harness starts hosts with their output sent to their own log files, so
+    no host keeps our pipe open.
+    """
+    _check_machine()
+    proc = subprocess.run(
+        ["bash", str(HARNESS), action],
+        env={**os.environ, "LAMINA_LAB_DIR": str(lab_dir()), **env},
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        msg = lines[-1].removeprefix("lab: ") if lines else f"exit status {proc.returncode}"
+        raise LabError(f"lab {action} failed: {msg}")
+
+
+def up(n: int = 3) -> list[LabHost]:
+    """Start (or restart from scratch) a lab of ``n`` hosts; returns them."""
+    if not 1 <= n <= 99:
+        raise LabError(f"number of hosts must be 1..99, not {n}")
+    _harness("up", LAMINA_LAB_N=str(n))
+    return hosts()
+
+
+def down() -> None:
+    """Stop every host of the lab and remove its state; fine when already down."""
+    _harness("down")
+
+
+def _sshd_answers(address: str, timeout: float = 1.0) -> bool:
+    """True if an SSH server greets on address:22 (no session, so nothing is counted)."""
+    try:
+        with socket.create_connection((address, 22), timeout=timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def _in_netns(pid: int, netns: str) -> bool:
+    """True if process ``pid`` lives and is in network namespace ``netns`` (so is that host's,
+    not a recycled PID)."""
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        mine, want = os.stat(f"/proc/{pid}/ns/net"), os.stat(f"/run/netns/{netns}")
+    except (OSError, IndexError):
+        return False
+    return (mine.st_dev, mine.st_ino) == (want.st_dev, want.st_ino)
+
+
+def status() -> list[dict]:
+    """One dict per host: name, address, pid (None if dead), sshd ("yes"/"no")."""
+    rows = []
+    for h in hosts():
+        alive = h.pid is not None and _in_netns(h.pid, h.name)
+        rows.append(
+            {
+                "name": h.name,
+                "address": h.address,
+                "pid": h.pid if alive else None,
+                "sshd": "yes" if _sshd_answers(h.address) else "no",
+            }
+        )
+    return rows
+
+
+def ssh_argv(name: str, command: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The ssh command line for ``name``; ``command`` is run by the host's shell, as with ssh."""
+    host(name)  # clear error for an unknown host or a downed lab
+    return ["ssh", "-F", str(ssh_config()), name, *command]
+
+
+def ssh(name: str, argv: list[str] | tuple[str, ...] = ()) -> int:
+    """Run ``ssh HOST argv...`` (interactive shell if argv is empty); returns ssh's exit code,
+    which is the remote command's, or 255 for an ssh failure."""
+    try:
+        return subprocess.run(ssh_argv(name, argv)).returncode
+    except KeyboardInterrupt:
+        return 130
+
+
+# --- remote-command accounting -------------------------------------------------------------------
+
+
+def sshd_log(name: str) -> Path:
+    return lab_dir() / "hosts" / name / "sshd.log"
+
+
+def exec_requests(name: str, since: int = 0) -> list[str]:
+    """Session requests (exec / subsystem / shell) host ``name``'s sshd has started, in order,
+    one entry each, e.g. ``"command"``, ``"subsystem 'sftp'"``, ``"shell"``.
+
+    ``since``: a value from :func:`mark`, to see only the requests made after it.
+    """
+    try:
+        text = sshd_log(name).read_text(errors="replace")
+    except FileNotFoundError:
+        host(name)  # raises the helpful error
+        raise
+    found = [m.group(1) for m in map(_SESSION.match, text.splitlines()) if m]
+    return found[since:]
+
+
+def mark(name: str) -> int:
+    """How many requests host ``name`` has seen so far; pass it to ``exec_requests(since=)``."""
+    return len(exec_requests(name))
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+def _print_up(elapsed: float) -> None:
+    hs = hosts()
+    env = "" if lab_dir() == Path(DEFAULT_DIR) else f"LAMINA_LAB_DIR={lab_dir()} "
+    names = ", ".join(f"{h.name} ({h.address})" for h in hs)
+    print(f"lab up: {len(hs)} hosts in {elapsed:.1f} s: {names}")
+    print(f"  pyinfra inventory: {env}pyinfra inventories/lab.py exec -- hostname")
+    print(f"  ssh config:        ssh -F {ssh_config()} {hs[0].name}")
+    print(f"  shell on a host:   {env}lamina lab ssh {hs[0].name}")
+    print(f"  stop it:           {env}lamina lab down")
+
+
+def _cmd_up(args) -> int:
+    t0 = time.monotonic()
+    print(f"lab up: starting {args.n} hosts in {lab_dir()}", flush=True)
+    up(args.n)
+    _print_up(time.monotonic() - t0)
+    return 0
+
+
+def _cmd_down(args) -> int:
+    down()
+    print(f"lab down: {lab_dir()}")
+    return 0
+
+
+def _cmd_status(args) -> int:
+    rows = status()
+    if not rows and lab_dir().exists():
+        print(
+            f"lab not running: a failed `up` left {lab_dir()} (logs: hosts/*/sshd.log); "
+            "`lamina lab down` cleans up"
+        )
+        return 1
+    if not rows:
+        print(f"lab down ({lab_dir()}): no hosts; start with `lamina lab up`")
+        return 0
+    print(f"{'HOST':<10} {'ADDRESS':<15} {'PID':>8}  SSHD")
+    for r in rows:
+        pid = r["pid"] if r["pid"] is not None else "dead"
+        print(f"{r['name']:<10} {r['address']:<15} {pid:>8}  {r['sshd']}")
+    return 0 if all(r["sshd"] == "yes" for r in rows) else 1
+
+
+def _cmd_ssh(args) -> int:
+    return ssh(args.host, args.command)
+
+
+def _guard(fn):
+    """Turn LabError into one line on stderr and exit status 1 (no traceback)."""
+
+    def run(args) -> int:
+        try:
+            return fn(args)
+        except LabError as e:
+            print(f"lamina lab: error: {e}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def register(subparsers) -> None:
+    """Add ``lab`` with its sub-commands to an argparse sub-parsers object."""
+    import argparse
+
+    env_help = (
+        "environment: LAMINA_LAB_DIR (state dir, default /run/lamina/lab), LAMINA_LAB_PREFIX "
+        "(host names, default lab), LAMINA_LAB_NET (default 10.203.0: hosts get .11, .12, ...). "
+        "Needs root and openssh-server."
+    )
+    lab = subparsers.add_parser(
+        "lab",
+        help="test hosts on this machine (namespaces + sshd), for trying lamina",
+        description="Test hosts on this machine: each has its own network namespace and IP, "
+        "mount namespace, copy-on-write root and sshd, reachable over real SSH with "
+        "host-key checking. Use them with inventories/lab.py.",
+        epilog=env_help,
+    )
+    lab.set_defaults(func=lambda args: (lab.print_help(), 2)[1])
+    sub = lab.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "up",
+        help="start the lab (restarts it from scratch if it is up)",
+        description="Start N fresh test hosts; a running lab of the same "
+        "LAMINA_LAB_DIR is taken down first.",
+        epilog=env_help,
+    )
+    p.add_argument("-n", type=int, default=3, metavar="N", help="number of hosts (default 3)")
+    p.set_defaults(func=_guard(_cmd_up))
+
+    p = sub.add_parser(
+        "down",
+        help="stop all hosts and remove the lab's state",
+        description="Stop all hosts of the lab and remove its state dir; "
+        "fine when the lab is already down.",
+        epilog=env_help,
+    )
+    p.set_defaults(func=_guard(_cmd_down))
+
+    p = sub.add_parser(
+        "status",
+        help="list hosts, addresses, PIDs and whether sshd answers",
+        description="List the lab's hosts; exit status 1 if a host's sshd does not answer.",
+        epilog=env_help,
+    )
+    p.set_defaults(func=_guard(_cmd_status))
+
+    p = sub.add_parser(
+        "ssh",
+        help="ssh to a lab host (a shell, or run CMD)",
+        description="ssh to a lab host as root with the lab's ssh_config. "
+        "CMD is run by the host's shell, as with ssh; the exit status is CMD's "
+        "(255 if ssh itself failed).",
+        epilog=env_help,
+    )
+    p.add_argument("host", metavar="HOST", help="host name, e.g. lab1")
+    p.add_argument(
+        "command",
+        metavar="CMD",
+        nargs=argparse.REMAINDER,
+        help="command and arguments (default: interactive shell)",
+    )
+    p.set_defaults(func=_guard(_cmd_ssh))

@@ -1,0 +1,379 @@
+"""Spec files → a validated `Spec`: render (Jinja2), parse (YAML, keeping positions),
+validate (pydantic models in `spec.py`), then check what spans several objects.
+
+Every problem becomes a `SpecError` with file, line and column; all of a spec's
+problems are reported at once. Nothing here touches a host.
+"""
+
+from __future__ import annotations
+
+import difflib
+import posixpath
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+from pydantic import ValidationError
+
+from .errors import SpecError, SpecInvalid
+from .spec import Overlay, Spec
+
+# Overlay mount data longer than a page is cut by the kernel without an error
+# (DESIGN §3); stay clear of it, counting the other options too.
+MAX_MOUNT_DATA = 4000
+
+Loc = tuple[str | int, ...]
+Mark = tuple[int, int]  # 1-based line and column
+
+
+@dataclass
+class Document:
+    """One parsed file: plain data plus the position of every value and key."""
+
+    file: str
+    data: Any
+    values: dict[Loc, Mark] = field(default_factory=dict)
+    keys: dict[Loc, Mark] = field(default_factory=dict)
+
+    def mark(self, loc: Loc, key: bool = False) -> Mark:
+        if key and loc in self.keys:
+            return self.keys[loc]
+        while loc not in self.values and loc:
+            loc = loc[:-1]
+        return self.values.get(loc, (1, 1))
+
+    def error(self, loc: Loc, message: str, key: bool = False) -> SpecError:
+        line, col = self.mark(loc, key)
+        return SpecError(self.file, line, col, message)
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    spec: Spec
+    docs: dict[Loc, Document]  # (section, name) → the document that defined it
+
+    def error(self, loc: Loc, message: str, key: bool = False) -> SpecError:
+        doc = self.docs.get(loc[:2]) or next(iter(self.docs.values()), None)
+        if doc is None:
+            return SpecError("<spec>", 1, 1, message)
+        return doc.error(loc, message, key)
+
+
+def dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# --- render ---------------------------------------------------------------------------
+
+
+def render(text: str, file: str, variables: Mapping[str, Any]) -> str:
+    """Render Jinja2 in a spec file; plain YAML passes through untouched."""
+    if "{{" not in text and "{%" not in text and "{#" not in text:
+        return text
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
+    )
+    try:
+        return env.from_string(text).render(**variables)
+    except jinja2.TemplateSyntaxError as e:
+        raise SpecInvalid([SpecError(file, e.lineno or 1, 1, f"template: {e.message}")]) from None
+    except jinja2.TemplateError as e:
+        raise SpecInvalid([SpecError(file, _template_line(e), 1, f"template: {e}")]) from None
+
+
+def _template_line(exc: BaseException) -> int:
+    """Jinja2 rewrites tracebacks so template frames carry template line numbers."""
+    line = 1
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+# --- parse ----------------------------------------------------------------------------
+
+
+def parse(text: str, file: str) -> Document:
+    """YAML → plain data, remembering where each value and key stood."""
+    doc = Document(file, None)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            doc.data = {}
+            return doc
+        doc.data = _build(loader, node, (), doc)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = e.problem or e.context or "invalid YAML"
+        raise SpecInvalid([SpecError(file, line, col, f"YAML: {problem}")]) from None
+    except yaml.YAMLError as e:
+        raise SpecInvalid([SpecError(file, 1, 1, f"YAML: {e}")]) from None
+    finally:
+        loader.dispose()
+    return doc
+
+
+def _build(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, doc: Document) -> Any:
+    doc.values[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # YAML merge keys (<<)
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            key_mark = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            if not isinstance(key, str):
+                raise SpecInvalid(
+                    [SpecError(doc.file, *key_mark, f"{dotted(loc) or 'spec'}: key {key!r} must be a string")]
+                )
+            if key in out:
+                raise SpecInvalid(
+                    [SpecError(doc.file, *key_mark, f"{dotted(loc + (key,))}: duplicate key {key!r}")]
+                )
+            doc.keys[loc + (key,)] = key_mark
+            out[key] = _build(loader, value_node, loc + (key,), doc)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(loader, item, loc + (i,), doc) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+# --- validate -------------------------------------------------------------------------
+
+
+def read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SpecInvalid([SpecError(str(path), 1, 1, f"cannot read: {e.strerror}")]) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise SpecInvalid(
+            [SpecError(str(path), line, col, f"not UTF-8 (byte 0x{raw[e.start]:02x})")]
+        ) from None
+
+
+def load(paths: Iterable[str | Path], variables: Mapping[str, Any] | None = None) -> LoadedSpec:
+    """Load, render, validate and merge spec files; raise SpecInvalid with every error."""
+    docs: list[Document] = []
+    errors: list[SpecError] = []
+    for p in paths:
+        path = Path(p)
+        try:
+            text = render(read_text(path), str(path), variables or {})
+            docs.append(parse(text, str(path)))
+        except SpecInvalid as e:
+            errors.extend(e.errors)
+    specs = []
+    for doc in docs:
+        try:
+            specs.append((doc, validate(doc)))
+        except SpecInvalid as e:
+            errors.extend(e.errors)
+    if errors:
+        raise SpecInvalid(sorted(errors, key=lambda e: (e.file, e.line, e.col)))
+    loaded = merge(specs)
+    errors = check_spec(loaded)
+    if errors:
+        raise SpecInvalid(errors)
+    return loaded
+
+
+def validate(doc: Document) -> Spec:
+    if not isinstance(doc.data, dict):
+        raise SpecInvalid([doc.error((), "a spec must be a mapping (state_dir, volumes, overlays, binds)")])
+    try:
+        return Spec.model_validate(doc.data)
+    except ValidationError as e:
+        raise SpecInvalid([_pydantic_error(doc, err) for err in e.errors()]) from None
+
+
+def _pydantic_error(doc: Document, err: Mapping[str, Any]) -> SpecError:
+    loc: Loc = tuple(p for p in err["loc"] if p != "[key]")
+    on_key = "[key]" in err["loc"]  # a bad name: point at the name, not its body
+    kind, where = err["type"], dotted(loc)
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        parent = _model_at(loc[:-1])
+        hint = ""
+        if parent is not None:
+            close = difflib.get_close_matches(key, list(parent.model_fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(parent.model_fields)})"
+        return doc.error(loc, f"{where}: unknown key {key!r}{hint}", key=True)
+    if kind == "missing":
+        return doc.error(loc[:-1], f"{dotted(loc[:-1]) or 'spec'}: missing required key {loc[-1]!r}")
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind in ("model_type", "dict_type"):
+        msg = "expected a mapping" + (" or a short-syntax string" if loc[-2:-1] == ("mounts",) else "")
+    if kind.endswith("_type") or kind == "literal_error":
+        got = type(err.get("input")).__name__
+        msg = f"{msg[0].lower()}{msg[1:]} (got {_yaml_type(got)})"
+    return doc.error(loc, f"{where}: {msg}", key=on_key)
+
+
+def _yaml_type(pytype: str) -> str:
+    return {"dict": "a mapping", "list": "a list", "str": "a string", "int": "an integer",
+            "bool": "a boolean", "NoneType": "nothing", "float": "a number"}.get(pytype, pytype)
+
+
+def _model_at(loc: Loc) -> Any:
+    """The model class that the mapping at loc is validated against."""
+    from . import spec as s
+
+    if not loc:
+        return s.Spec
+    section = {"volumes": s.Volume, "overlays": s.Overlay, "binds": s.Bind}.get(str(loc[0]))
+    if section is None or len(loc) < 2:
+        return None
+    if len(loc) == 2:
+        return section
+    if loc[2] == "mounts" and len(loc) == 4:
+        return s.Mount
+    if loc[2] == "mounts" and len(loc) == 5:
+        return {"volume": s.VolumeOptions, "bind": s.BindOptions, "tmpfs": s.TmpfsOptions}.get(str(loc[4]))
+    return None
+
+
+def merge(specs: list[tuple[Document, Spec]]) -> LoadedSpec:
+    """Several files make one spec; an object may be defined in one file only."""
+    errors: list[SpecError] = []
+    merged: dict[str, dict[str, Any]] = {"volumes": {}, "overlays": {}, "binds": {}}
+    owners: dict[Loc, Document] = {}
+    state_dir: tuple[str, Document] | None = None
+    for doc, spec in specs:
+        if "state_dir" in doc.data:
+            if state_dir and state_dir[0] != spec.state_dir:
+                errors.append(doc.error(("state_dir",), f"state_dir: {spec.state_dir!r} conflicts"
+                                        f" with {state_dir[0]!r} set in {state_dir[1].file}"))
+            state_dir = (spec.state_dir, doc)
+        for section in merged:
+            for name, obj in getattr(spec, section).items():
+                if (section, name) in owners:
+                    first = owners[(section, name)]
+                    errors.append(doc.error((section, name), f"{section}.{name}: already defined"
+                                            f" in {first.file}:{first.mark((section, name), key=True)[0]}", key=True))
+                    continue
+                owners[(section, name)] = doc
+                merged[section][name] = obj
+    if errors:
+        raise SpecInvalid(errors)
+    spec = Spec.model_construct(
+        state_dir=state_dir[0] if state_dir else Spec.model_fields["state_dir"].default, **merged
+    )
+    return LoadedSpec(spec, owners)
+
+
+# --- whole-spec checks ----------------------------------------------------------------
+
+
+def within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def inner_target(overlay: Overlay, target: str) -> str:
+    return posixpath.join(overlay.target, target.lstrip("/"))
+
+
+def check_spec(loaded: LoadedSpec) -> list[SpecError]:
+    spec, errors = loaded.spec, []
+    err = lambda loc, msg: errors.append(loaded.error(loc, msg))  # noqa: E731
+    targets: dict[str, Loc] = {}
+
+    def claim(target: str, loc: Loc) -> None:
+        if target in targets:
+            err(loc, f"{dotted(loc)}: {target} is already the target of {dotted(targets[target])}")
+        else:
+            targets[target] = loc
+
+    uppers: dict[str, Loc] = {}
+    for name, ov in spec.overlays.items():
+        base: Loc = ("overlays", name)
+        if ov.state == "present":
+            claim(ov.target, base + ("target",))
+        _check_overlay(ov, base, err)
+        for d, key in ((ov.upper, "upper"), (ov.work, "work")):
+            if d and ov.state == "present":
+                if d in uppers:
+                    err(base + (key,), f"{dotted(base + (key,))}: {d} is also used by"
+                        f" {dotted(uppers[d])}; two overlays must not share upper or work")
+                uppers[d] = base + (key,)
+        for i, m in enumerate(ov.mounts):
+            loc = base + ("mounts", i)
+            if ov.state == "present":
+                claim(inner_target(ov, m.target), loc)
+            _check_mount(spec, m, loc, err)
+    for name, b in spec.binds.items():
+        if b.state == "present":
+            claim(b.target, ("binds", name, "target"))
+        if b.source == b.target:
+            err(("binds", name, "target"), f"binds.{name}: source and target are the same path")
+    return errors
+
+
+def _check_overlay(ov: Overlay, base: Loc, err) -> None:
+    where = dotted(base)
+    if ov.upper is None:
+        if ov.work is not None:
+            err(base + ("work",), f"{where}.work: a work dir needs an upper dir")
+        if len(ov.lower) < 2:
+            err(base + ("lower",), f"{where}.lower: a read-only overlay (no upper) needs at least two lowers")
+    elif ov.work is None:
+        err(base, f"{where}: missing required key 'work' (needed with upper)")
+    if len(set(ov.lower)) != len(ov.lower):
+        err(base + ("lower",), f"{where}.lower: the same directory is listed twice")
+    writable = [(k, d) for k, d in (("upper", ov.upper), ("work", ov.work)) if d]
+    for key, d in writable:
+        for i, low in enumerate(ov.lower):
+            if within(d, low) or within(low, d):
+                err(base + (key,), f"{where}.{key}: {d} overlaps lower[{i}] {low}")
+    if ov.upper and ov.work and (within(ov.upper, ov.work) or within(ov.work, ov.upper)):
+        err(base + ("work",), f"{where}.work: {ov.work} and upper {ov.upper} must be separate directories")
+    for key, d in [("lower", low) for low in ov.lower] + writable:
+        if within(ov.target, d) or within(d, ov.target):
+            err(base + ("target",), f"{where}.target: {ov.target} overlaps {key} {d}")
+            break
+    data = len("lowerdir=" + ":".join(ov.lower) + f",upperdir={ov.upper},workdir={ov.work}")
+    if data > MAX_MOUNT_DATA:
+        err(base + ("lower",), f"{where}.lower: overlay options are {data} bytes; the kernel"
+            f" silently truncates mount data past one page (limit here {MAX_MOUNT_DATA})")
+
+
+def _check_mount(spec: Spec, m, loc: Loc, err) -> None:
+    from .spec import NAME_RE, check_path
+
+    where = dotted(loc)
+    if m.type == "tmpfs":
+        if m.source is not None:
+            err(loc, f"{where}: a tmpfs mount takes no source")
+        return
+    if m.source is None:
+        err(loc, f"{where}: missing required key 'source'")
+    elif m.type == "volume":
+        if not NAME_RE.match(m.source):
+            err(loc, f"{where}: invalid volume name {m.source!r}: use 2+ characters [a-zA-Z0-9_.-],"
+                " starting with a letter or digit")
+        elif spec.volumes.get(m.source) and spec.volumes[m.source].state == "absent":
+            err(loc, f"{where}: volume {m.source!r} is declared absent but mounted here")
+    else:
+        try:
+            check_path(m.source)
+        except ValueError as e:
+            err(loc, f"{where}: source: {e}")
+
+
+def report(e: SpecInvalid, stream=sys.stderr) -> None:
+    for error in e.errors:
+        print(error, file=stream)

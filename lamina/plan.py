@@ -1,0 +1,155 @@
+"""Spec → the state one host must be in (pure: no I/O).
+
+A `HostPlan` is an ordered list of `Item`s — volumes, overlays, binds and the mounts
+inside overlays — each saying which directories must exist and what must be mounted
+where. Items are ordered so that a mount comes after every mount it lies inside.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+
+from .loader import inner_target
+from .spec import Spec
+
+STATE_MODE = 0o700  # state dirs are root-only
+DATA_MODE = 0o755  # a volume's _data is what containers see, like Docker's
+
+
+@dataclass(frozen=True)
+class Dir:
+    path: str
+    mode: int | None = None  # enforced when set; else only the mode of a new dir
+    create: bool = True  # False: must already exist (a bind source without create_source)
+    new_mode: int = 0o755
+
+
+@dataclass(frozen=True)
+class MountWant:
+    fstype: str  # overlay | bind | tmpfs
+    target: str
+    source: str  # overlay label, bind source path, or "tmpfs"
+    lower: tuple[str, ...] = ()
+    upper: str | None = None
+    work: str | None = None
+    read_only: bool = False
+    options: tuple[str, ...] = ()  # extra filesystem options (tmpfs size=, mode=)
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: str  # volume | overlay | bind | mount
+    name: str  # the spec's name, or "OVERLAY:/path" for a mount inside an overlay
+    state: str = "present"
+    dirs: tuple[Dir, ...] = ()
+    mount: MountWant | None = None
+    purge: tuple[str, ...] = ()  # deleted when absent (only when the spec says purge)
+    force: bool = False
+    parent: str | None = None  # target of the overlay this mount lies in
+    files: tuple[tuple[str, str], ...] = ()  # small managed files: (path, one-line content)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind} {self.mount.target if self.mount else self.name}"
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    state_dir: str
+    items: tuple[Item, ...]
+
+    def files(self) -> list[str]:
+        return [path for item in self.items for path, _ in item.files]
+
+    def paths(self) -> list[str]:
+        """Every path whose state the facts must report, in a stable order."""
+        seen: dict[str, None] = {}
+        for item in self.items:
+            for d in item.dirs:
+                seen[d.path] = None
+            if item.mount:
+                m = item.mount
+                for p in (m.target, *m.lower, m.upper, m.work):
+                    if p:
+                        seen[p] = None
+                if m.fstype == "bind":
+                    seen[m.source] = None
+        return list(seen)
+
+
+def volume_dir(state_dir: str, name: str) -> str:
+    return posixpath.join(state_dir, "volumes", name)
+
+
+def depth(path: str) -> int:
+    return path.rstrip("/").count("/")
+
+
+def plan(spec: Spec) -> HostPlan:
+    sd = spec.state_dir
+    state_dirs = (Dir(sd, STATE_MODE), Dir(posixpath.join(sd, "volumes"), STATE_MODE))
+    volumes: dict[str, Item] = {}
+    mounts: list[Item] = []
+
+    def volume(name: str, labels: dict[str, str], state: str = "present", purge: bool = False):
+        vdir = volume_dir(sd, name)
+        volumes[name] = Item(
+            "volume", name, state,
+            dirs=state_dirs + (Dir(vdir, STATE_MODE), Dir(f"{vdir}/_data", DATA_MODE)) if state == "present" else (),
+            purge=(vdir,) if purge else (),
+            files=((f"{vdir}/labels.json", json.dumps(labels, sort_keys=True)),) if state == "present" else (),
+        )
+
+    for name, v in spec.volumes.items():
+        volume(name, v.labels, v.state, v.purge and v.state == "absent")
+
+    for name, ov in spec.overlays.items():
+        dirs = [Dir(p) for p in ov.lower]
+        if ov.upper and ov.work:
+            dirs += [Dir(ov.upper), Dir(ov.work, new_mode=0o700)]
+        mounts.append(Item(
+            "overlay", name, ov.state,
+            dirs=tuple(dirs + [Dir(ov.target)]) if ov.state == "present" else (),
+            mount=MountWant("overlay", ov.target, ov.label or "overlay", tuple(ov.lower),
+                            ov.upper, ov.work, read_only=ov.upper is None),
+            purge=tuple(p for p in (ov.upper, ov.work) if p) if ov.purge and ov.state == "absent" else (),
+            force=ov.force,
+        ))
+        for m in ov.mounts:
+            target = inner_target(ov, m.target)
+            dirs, options = [], []
+            if m.type == "volume":
+                if m.source not in volumes and ov.state == "present":
+                    # mounting an undeclared volume creates it (Docker does the same)
+                    volume(m.source, {})
+                source = f"{volume_dir(sd, m.source)}/_data"
+            elif m.type == "bind":
+                source = m.source
+                dirs.append(Dir(source, create=m.bind.create_host_path))
+            else:
+                source = "tmpfs"
+                if m.tmpfs.size is not None:
+                    options.append(f"size={m.tmpfs.size}")
+                if m.tmpfs.mode is not None:
+                    options.append(f"mode={m.tmpfs.mode:o}")
+            mounts.append(Item(
+                "mount", f"{name}:{m.target}", ov.state,
+                dirs=tuple(dirs + [Dir(target)]) if ov.state == "present" else (),
+                mount=MountWant("bind" if m.type != "tmpfs" else "tmpfs", target, source,
+                                read_only=m.read_only, options=tuple(options)),
+                force=ov.force, parent=ov.target,
+            ))
+
+    for name, b in spec.binds.items():
+        mounts.append(Item(
+            "bind", name, b.state,
+            dirs=(Dir(b.source, create=b.create_source), Dir(b.target)) if b.state == "present" else (),
+            mount=MountWant("bind", b.target, b.source, read_only=b.read_only),
+            force=b.force,
+        ))
+
+    # Outer mounts before inner ones; the sort is stable, so spec order breaks ties.
+    mounts.sort(key=lambda i: depth(i.mount.target))
+    return HostPlan(sd, tuple(volumes.values()) + tuple(mounts))

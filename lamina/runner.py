@@ -1,0 +1,194 @@
+"""`lamina plan` and `lamina apply`: inventory + specs → per-host plans → one pyinfra
+run → a per-host report.
+
+Every spec is rendered and validated for every host before any connection is made,
+so bad input never reaches a host.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import loader
+from .diff import Result
+from .errors import LaminaError, SpecInvalid
+from .plan import HostPlan, plan
+
+ROLES_DIR = Path("roles")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def host_variables(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    """What a spec template sees: the host's inventory data, plus `host.name/data`."""
+    return {**data, "host": {"name": name, "data": data}, "inventory_hostname": name}
+
+
+def role_specs(roles: Iterable[str], roles_dir: Path = ROLES_DIR) -> list[Path]:
+    specs = []
+    for role in roles:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(role)):
+            raise LaminaError(f"invalid role name {role!r}")
+        path = roles_dir / str(role) / "spec.yml"
+        if not path.is_file():
+            raise LaminaError(f"role {role!r}: {path} not found")
+        specs.append(path)
+    return specs
+
+
+def host_plan(name: str, data: dict[str, Any], specs: Sequence[str | Path] | None,
+              roles_dir: Path = ROLES_DIR) -> HostPlan:
+    """Render, validate and plan the specs for one host (its roles when none given)."""
+    paths = list(specs) if specs else role_specs(data.get("lamina_roles", []), roles_dir)
+    if not paths:
+        raise LaminaError(f"{name}: no spec given and no lamina_roles in its inventory data")
+    return plan(loader.load(paths, host_variables(name, data)).spec)
+
+
+def load_inventory(path: str):
+    from pyinfra_cli.exceptions import CliError
+    from pyinfra_cli.inventory import make_inventory
+
+    if (path.endswith(".py") or "/" in path) and not Path(path).is_file():
+        raise SpecInvalid([loader.SpecError(path, 1, 1, "inventory file not found")])
+    try:
+        return make_inventory(path)
+    except CliError as e:
+        raise LaminaError(f"inventory {path}: {e}") from None
+
+
+@dataclass
+class HostReport:
+    name: str
+    result: Result | None = None
+    error: str | None = None
+
+    @property
+    def changed(self) -> int:
+        return len(self.result.changes) if self.result else 0
+
+
+@dataclass
+class Report:
+    hosts: dict[str, HostReport] = field(default_factory=dict)
+
+    def record(self, name: str, result: Result) -> None:
+        self.hosts.setdefault(name, HostReport(name)).result = result
+
+    def fail(self, name: str, error: str) -> None:
+        self.hosts.setdefault(name, HostReport(name)).error = error
+
+    @property
+    def failed(self) -> list[HostReport]:
+        return [h for h in self.hosts.values() if h.error]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"hosts": {
+            h.name: {
+                "changed": [{"object": c.key, "reasons": c.reasons} for c in (h.result.changes if h.result else [])],
+                "unchanged": list(h.result.unchanged) if h.result else [],
+                "errors": list(h.result.errors) if h.result else [],
+                "failed": h.error,
+            } for h in self.hosts.values()
+        }}
+
+    def lines(self, applied: bool) -> list[str]:
+        out = []
+        for h in self.hosts.values():
+            if h.result:
+                for c in h.result.changes:
+                    out += [f"{h.name} {c.key}: {r}" for r in c.reasons]
+            if h.error:
+                out.append(f"{h.name}: FAILED: {h.error}")
+            elif h.result:
+                verb = "changed" if applied else "to change"
+                out.append(f"{h.name}: {h.changed} {verb}, {len(h.result.unchanged)} unchanged")
+        return out
+
+
+class _Errors(logging.Handler):
+    """Keeps pyinfra's error messages so the report can say why a host failed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(ANSI.sub("", record.getMessage()).strip())
+
+    def about(self, name: str) -> str:
+        found = [m for m in self.messages if m.startswith(f"[{name}]") or f" {name}" in m]
+        return "; ".join(m.removeprefix(f"[{name}]").strip() for m in found) or "failed"
+
+
+def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = False,
+        limit: Sequence[str] = ()) -> Report:
+    """Plan (and with apply=True, execute) on every host of the inventory."""
+    inventory = load_inventory(inventory_path)
+    hosts = [h for h in inventory if not limit or h.name in limit]
+    if limit and not hosts:
+        raise LaminaError(f"--limit {','.join(limit)} matches no host of {inventory_path}")
+    plans: dict[str, HostPlan] = {}
+    errors = []
+    for h in hosts:
+        try:
+            plans[h.name] = host_plan(h.name, h.data.dict(), specs)
+        except SpecInvalid as e:
+            errors += [err for err in e.errors if err not in errors]
+    if errors:
+        raise SpecInvalid(errors)
+    return _execute(inventory, hosts, plans, apply=apply, sudo=sudo)
+
+
+def _execute(inventory, hosts, plans: dict[str, HostPlan], *, apply: bool, sudo: bool) -> Report:
+    from pyinfra.api import Config, State
+    from pyinfra.api.connect import connect_all, disconnect_all
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.operation import add_op
+    from pyinfra.api.operations import run_ops
+
+    from .operations import converge
+
+    report = Report()
+    errors = _Errors()
+    pyinfra_log = logging.getLogger("pyinfra")
+    pyinfra_log.addHandler(errors)
+    pyinfra_log.setLevel(logging.WARNING)
+    pyinfra_log.propagate = False
+    state = State(inventory, Config(SUDO=sudo, FAIL_PERCENT=None))
+    state.limit_hosts = hosts
+    try:
+        try:
+            connect_all(state)
+        except PyinfraError:
+            pass  # every host failed to connect; reported below
+        for h in hosts:
+            if h not in state.active_hosts:
+                report.fail(h.name, errors.about(h.name))
+        if not state.active_hosts:
+            return report
+        results = add_op(state, converge, plans=plans, record=report.record,
+                         name="lamina: converge")
+        if apply:
+            try:
+                run_ops(state)
+            except PyinfraError:
+                pass  # all hosts failed; each is reported below
+            for h, meta in results.items():
+                if h in state.failed_hosts and h.name not in {r.name for r in report.failed}:
+                    stderr = "; ".join(line.strip() for line in meta.stderr_lines if line.strip()) \
+                        if meta.is_complete() else ""
+                    report.fail(h.name, stderr or errors.about(h.name))
+        else:
+            for h in hosts:
+                r = report.hosts.get(h.name)
+                if r and r.result and r.result.errors:
+                    report.fail(h.name, "; ".join(r.result.errors))
+    finally:
+        disconnect_all(state)
+        pyinfra_log.removeHandler(errors)
+    return report

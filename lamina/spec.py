@@ -1,0 +1,196 @@
+"""The spec language: one pydantic model per spec object, one field per key.
+
+These models are the single source of truth for what a spec may say: the loader
+validates against them, `lamina schema` prints their JSON Schema, and the planner
+reads the validated objects. Checks that span several objects (two objects on one
+target, upper inside a lower, ...) live in `loader.check_spec`, where the whole
+spec is in view.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+DEFAULT_STATE_DIR = "/var/lib/lamina"
+
+# Docker's volume name rule (moby volume/local); used for every object name.
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+PROTECTED = ("/proc", "/sys", "/dev", "/boot")
+# The overlay mount option string separates options with "," and layers with ":",
+# and treats "\" as an escape; rather than half-support them we refuse them.
+OVERLAY_UNSAFE = re.compile(r"[,:\\\s]")
+
+
+def _check_name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(
+            f"invalid name {value!r}: use 2+ characters [a-zA-Z0-9_.-], starting with a letter or digit"
+        )
+    return value
+
+
+def check_path(value: str) -> str:
+    """An absolute, normalised path with no control characters."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"path {value!r} contains a control character")
+    if not value.startswith("/"):
+        raise ValueError(f"path {value!r} must be absolute")
+    if ".." in value.split("/"):
+        raise ValueError(f"path {value!r} must not contain '..'")
+    norm = posixpath.normpath(value)
+    if norm.startswith("//"):
+        norm = "/" + norm.lstrip("/")
+    return norm
+
+
+def _check_target(value: str) -> str:
+    value = check_path(value)
+    if value == "/":
+        raise ValueError("target must not be '/'")
+    for p in PROTECTED:
+        if value == p or value.startswith(p + "/"):
+            raise ValueError(f"target {value!r} lies under {p}, which lamina never mounts over")
+    return value
+
+
+def _check_overlay_path(value: str) -> str:
+    value = check_path(value)
+    if OVERLAY_UNSAFE.search(value):
+        raise ValueError(
+            f"path {value!r} contains ',', ':', '\\' or white space, which overlay mount options"
+            " cannot carry"
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Path = Annotated[str, AfterValidator(check_path)]
+Target = Annotated[str, AfterValidator(_check_target)]
+LayerPath = Annotated[str, AfterValidator(_check_overlay_path)]
+State = Literal["present", "absent"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class VolumeOptions(_Model):
+    nocopy: bool = Field(False, description="Do not copy the image's content into an empty volume.")
+
+
+class BindOptions(_Model):
+    create_host_path: bool = Field(
+        False, description="Create a missing source directory (the short syntax implies it)."
+    )
+
+
+class TmpfsOptions(_Model):
+    size: int | str | None = Field(None, description="Size limit, as tmpfs's size= option.")
+    mode: int | None = Field(None, description="Mode of the tmpfs root, e.g. 0o1777 or 1023.")
+
+
+def _short_mount(value: Any) -> Any:
+    """Compose's short syntax: `name:/path[:ro]` or `/host/path:/path[:ro|rw]`."""
+    if not isinstance(value, str):
+        return value
+    parts = value.split(":")
+    mode = None
+    if len(parts) == 3:
+        mode = parts.pop()
+    if len(parts) != 2 or mode not in (None, "ro", "rw"):
+        raise ValueError(
+            f"mount {value!r}: expected 'VOLUME:/path[:ro]' or '/host/path:/path[:ro]'"
+        )
+    source, target = parts
+    out: dict[str, Any] = {"source": source, "target": target, "read_only": mode == "ro"}
+    if source.startswith("/"):
+        out.update(type="bind", bind={"create_host_path": True})
+    else:
+        out["type"] = "volume"
+    return out
+
+
+class Mount(_Model):
+    """A mount inside an overlay's merged tree (Docker Compose's long syntax)."""
+
+    type: Literal["volume", "bind", "tmpfs"] = Field(description="What to mount.")
+    source: str | None = Field(
+        None, description="Volume name (type volume) or absolute host path (type bind)."
+    )
+    target: Target = Field(description="Absolute path inside the overlay's merged tree.")
+    read_only: bool = Field(False, description="Mount read-only.")
+    volume: VolumeOptions = Field(default_factory=VolumeOptions)
+    bind: BindOptions = Field(default_factory=BindOptions)
+    tmpfs: TmpfsOptions = Field(default_factory=TmpfsOptions)
+
+
+ShortOrLongMount = Annotated[Mount, BeforeValidator(_short_mount)]
+
+
+class Volume(_Model):
+    labels: dict[str, str] = Field(default_factory=dict, description="Free-form metadata.")
+    state: State = "present"
+    purge: bool = Field(False, description="With state absent: delete the volume's data.")
+
+
+class Overlay(_Model):
+    lower: list[LayerPath] = Field(
+        min_length=1, description="Lower directories, highest first (as in lowerdir=)."
+    )
+    upper: LayerPath | None = Field(
+        None, description="Writable upper directory; none gives a read-only overlay."
+    )
+    work: LayerPath | None = Field(
+        None, description="Work directory, on the same filesystem as upper."
+    )
+    target: Target = Field(description="Where the merged tree is mounted.")
+    label: str | None = Field(
+        None, description="Mount source shown in mount tables (default: lamina-NAME)."
+    )
+    mounts: list[ShortOrLongMount] = Field(
+        default_factory=list, description="Volumes, binds and tmpfs inside the merged tree."
+    )
+    state: State = "present"
+    purge: bool = Field(False, description="With state absent: delete upper and work.")
+    force: bool = Field(False, description="Detach lazily when the mount is busy.")
+
+
+class Bind(_Model):
+    source: Path = Field(description="Existing host path.")
+    target: Target = Field(description="Where it is mounted.")
+    read_only: bool = False
+    create_source: bool = Field(
+        False, description="Create a missing source directory (like docker -v) instead of failing."
+    )
+    state: State = "present"
+    force: bool = Field(False, description="Detach lazily when the mount is busy.")
+
+
+class Spec(_Model):
+    """A whole spec: one or more files merged."""
+
+    state_dir: Path = Field(DEFAULT_STATE_DIR, description="Where lamina keeps volumes and state.")
+    volumes: dict[Name, Volume] = Field(default_factory=dict)
+    overlays: dict[Name, Overlay] = Field(default_factory=dict)
+    binds: dict[Name, Bind] = Field(default_factory=dict)
+
+
+SHORT_MOUNT_SCHEMA = {
+    "type": "string",
+    "pattern": r"^[^:]+:/[^:]*(:(ro|rw))?$",
+    "description": "Compose short syntax: VOLUME:/path[:ro] or /host/path:/path[:ro]",
+}
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a spec file, for editors (the short mount syntax added by hand)."""
+    schema = Spec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "lamina spec"
+    mounts = schema["$defs"]["Overlay"]["properties"]["mounts"]
+    mounts["items"] = {"anyOf": [SHORT_MOUNT_SCHEMA, mounts["items"]]}
+    return schema

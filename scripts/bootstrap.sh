@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what lamina and its test hosts need on a Debian machine (run as root):
+# apt packages, then a venv in .venv with the pinned Python deps and lamina itself.
+# Idempotent and quiet when everything is already there.
+set -euo pipefail
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+need_apt=()
+for pair in sshd:openssh-server ssh:openssh-client ip:iproute2 unshare:util-linux; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need_apt+=("${pair#*:}")
+done
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+venv=$top/.venv
+stamp=$venv/.lamina-installed
+if [ ! -x "$venv/bin/python" ]; then
+  echo "bootstrap: creating $venv"
+  python3 -m venv "$venv"
+fi
+# Re-install only when the pins or the project metadata changed.
+want=$(cat "$top/requirements.lock" "$top/pyproject.toml" | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "bootstrap: installing Python deps (requirements.lock)"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$top/requirements.lock"
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$top"
+  echo "$want" > "$stamp"
+fi

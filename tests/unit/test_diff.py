@@ -1,0 +1,229 @@
+"""Plan vs host state, table-driven: raw mountinfo and path listings in, changes out."""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+
+import pytest
+
+from lamina import diff, facts, loader
+from lamina.plan import plan
+
+SPEC = """\
+volumes:
+  data: {labels: {team: lab}}
+overlays:
+  web:
+    lower: [/srv/l3, /srv/l2, /srv/l1]
+    upper: /srv/up
+    work: /srv/work
+    target: /srv/merged
+    mounts:
+      - data:/data
+      - /srv/share:/share:ro
+      - {type: tmpfs, target: /scratch}
+binds:
+  share: {source: /srv/share, target: /mnt/share, read_only: true}
+"""
+
+BASE = """\
+20 1 0:30 / / rw,relatime - overlay lab-root rw,lowerdir=/,upperdir=/x/up,workdir=/x/work
+21 20 0:40 / /srv rw,relatime - tmpfs srv rw
+22 20 0:41 / /var/lib/lamina rw,relatime - tmpfs lamina rw
+23 20 0:42 / /mnt rw,relatime - tmpfs mnt rw
+"""
+OVERLAY = "30 21 0:50 / /srv/merged rw,relatime - overlay overlay rw,lowerdir={lower},upperdir=/srv/up,workdir=/srv/work\n"
+INNER = """\
+31 30 0:41 /volumes/data/_data /srv/merged/data rw,relatime - tmpfs lamina rw
+32 30 0:40 /share /srv/merged/share ro,relatime - tmpfs srv rw
+33 30 0:51 / /srv/merged/scratch rw,relatime - tmpfs tmpfs rw
+"""
+BIND = "34 23 0:40 /share /mnt/share ro,relatime - tmpfs srv rw\n"
+CONVERGED = BASE + OVERLAY.format(lower="/srv/l3:/srv/l2:/srv/l1") + INNER + BIND
+
+MODES = {"/var/lib/lamina": "700", "/var/lib/lamina/volumes": "700", "/var/lib/lamina/volumes/data": "700",
+         "/srv/work": "700"}
+
+
+@pytest.fixture(scope="module")
+def host_plan(tmp_path_factory):
+    p = tmp_path_factory.mktemp("spec") / "spec.yml"
+    p.write_text(SPEC)
+    return plan(loader.load([p]).spec)
+
+
+def fact_output(host_plan, mountinfo: str, missing=(), modes=None, files=None) -> list[str]:
+    """What the fact command prints on a host with these mounts and paths."""
+    modes = {**MODES, **(modes or {})}
+    lines = ["@@lamina-mountinfo", *mountinfo.splitlines(), "@@lamina-util-linux",
+             "mount from util-linux 2.38.1 (libmount 2.38.1: selinux)", "@@lamina-paths"]
+    for p in host_plan.paths():
+        if p in missing:
+            lines.append(f"{p}\t{p}")
+        else:
+            lines.append(f"{p}\t{p}\tdirectory\t{modes.get(p, '755')}\t0\t0")
+    lines.append("@@lamina-files")
+    default_files = {"/var/lib/lamina/volumes/data/labels.json": '{"team": "lab"}'}
+    for path, content in (default_files if files is None else files).items():
+        lines.append(f"{path}\t{content}")
+    lines.append("@@lamina-end")
+    return lines
+
+
+def run(host_plan, mountinfo=CONVERGED, **kw) -> diff.Result:
+    return diff.diff(host_plan, facts.parse(fact_output(host_plan, mountinfo, **kw)))
+
+
+def reasons(result: diff.Result) -> dict[str, list[str]]:
+    return {c.key: c.reasons for c in result.changes}
+
+
+def test_converged_host_has_nothing_to_do(host_plan):
+    result = run(host_plan)
+    assert result.errors == [] and result.changes == []
+    assert len(result.unchanged) == len(host_plan.items) == 6
+
+
+def test_first_converge_creates_and_mounts_everything_in_order(host_plan):
+    result = run(host_plan, BASE, missing=set(host_plan.paths()), files={})
+    assert result.errors == []
+    script = diff.script(result)
+    order = [line.split(" -- ")[-1] for line in script.splitlines() if line.startswith("mount ")]
+    assert order == ["overlay /srv/merged", "/srv/share /mnt/share",
+                     "/var/lib/lamina/volumes/data/_data /srv/merged/data",
+                     "/srv/share /srv/merged/share", "tmpfs /srv/merged/scratch"]
+    # every directory outside the new overlay is made before the first mount
+    first_mount = script.index("\nmount ")
+    assert script.index("mkdir -p -m 700 -- /var/lib/lamina\n") < first_mount
+    assert script.index("mkdir -p -m 700 -- /srv/work") < first_mount
+    # the target inside the merged tree is made after the overlay is mounted
+    assert script.index("mkdir -p -- /srv/merged/data") > script.index("overlay /srv/merged")
+    assert "printf '%s\\n' '{\"team\": \"lab\"}' > /var/lib/lamina/volumes/data/labels.json" in script
+
+
+def test_wrong_lower_stack_is_umount_and_mount_with_inner_mounts_redone(host_plan):
+    mi = BASE + OVERLAY.format(lower="/srv/l1:/srv/l2") + INNER + BIND
+    result = run(host_plan, mi)
+    assert reasons(result)["overlay /srv/merged"] == [
+        "lower stack differs: want [/srv/l3, /srv/l2, /srv/l1], found [/srv/l1, /srv/l2]"]
+    assert set(reasons(result)) == {"overlay /srv/merged", "mount /srv/merged/data",
+                                    "mount /srv/merged/share", "mount /srv/merged/scratch"}
+    lines = diff.script(result).splitlines()
+    umounts = [line.split(" -- ")[1].split()[0] for line in lines if line.startswith("umount")]
+    assert umounts[-1] == "/srv/merged" and len(umounts) == 4  # inner ones first
+    assert "mount -t overlay -o lowerdir=/srv/l3:/srv/l2:/srv/l1,upperdir=/srv/up,workdir=/srv/work -- overlay /srv/merged" in lines
+    assert not any("remount" in line for line in lines)  # a remount would change nothing (DESIGN §3)
+
+
+def test_manually_unmounted_overlay_is_the_only_change(host_plan):
+    mi = BASE + BIND  # `umount -R /srv/merged` took the inner mounts too
+    r = reasons(run(host_plan, mi))
+    assert r["overlay /srv/merged"] == ["not mounted"]
+    assert "bind /mnt/share" not in r and "volume data" not in r
+
+
+def test_unmounted_bind_is_the_only_change(host_plan):
+    r = reasons(run(host_plan, CONVERGED.replace(BIND, "")))
+    assert r == {"bind /mnt/share": ["not mounted"]}
+
+
+def test_deleted_work_dir_is_recreated(host_plan):
+    result = run(host_plan, missing={"/srv/work"})
+    assert reasons(result) == {"overlay /srv/merged": ["/srv/work is missing"]}
+    assert "mkdir -p -m 700 -- /srv/work" in diff.script(result)
+
+
+def test_foreign_filesystem_on_target_is_replaced(host_plan):
+    mi = BASE + "30 21 0:60 / /srv/merged rw - tmpfs junk rw\n" + BIND
+    result = run(host_plan, mi)
+    assert reasons(result)["overlay /srv/merged"] == ["tmpfs (junk) is mounted there instead of overlay"]
+    assert "umount -- /srv/merged" in diff.script(result)
+
+
+def test_bind_with_wrong_source_or_mode(host_plan):
+    wrong_src = CONVERGED.replace(BIND, "34 23 0:40 /other /mnt/share ro - tmpfs srv rw\n")
+    assert reasons(run(host_plan, wrong_src))["bind /mnt/share"][0].startswith(
+        "bind source differs: want /srv/share")
+    rw = CONVERGED.replace(BIND, BIND.replace(" ro,", " rw,"))
+    assert reasons(run(host_plan, rw)) == {"bind /mnt/share": ["want read-only, found read-write"]}
+
+
+def test_missing_bind_source_is_an_error_not_a_change(host_plan, tmp_path):
+    p = tmp_path / "s.yml"
+    p.write_text("binds: {b1: {source: /srv/nothere, target: /mnt/x}}")
+    hp = plan(loader.load([p]).spec)
+    result = diff.diff(hp, facts.parse(fact_output(hp, BASE, missing={"/srv/nothere"})))
+    assert result.errors == ["bind /mnt/x: /srv/nothere does not exist (create it, or set create_source: true)"]
+
+
+def test_state_dir_mode_drift_is_chmod(host_plan):
+    result = run(host_plan, modes={"/var/lib/lamina": "755"})
+    assert reasons(result) == {"volume data": ["/var/lib/lamina has mode 755, want 700"]}
+    assert "chmod 700 -- /var/lib/lamina" in diff.script(result)
+
+
+def test_labels_drift_rewrites_the_file(host_plan):
+    r = reasons(run(host_plan, files={"/var/lib/lamina/volumes/data/labels.json": "{}"}))
+    assert r == {"volume data": ["/var/lib/lamina/volumes/data/labels.json differs"]}
+
+
+def test_absent_unmounts_inner_first_and_keeps_data_unless_purge(tmp_path):
+    p = tmp_path / "s.yml"
+    body = textwrap.dedent("""\
+        overlays:
+          web: {lower: [/srv/l3, /srv/l2, /srv/l1], upper: /srv/up, work: /srv/work,
+                target: /srv/merged, state: absent, mounts: ['data:/data'] PURGE}
+        """)
+    for purge in (False, True):
+        p.write_text(body.replace("PURGE", ", purge: true" if purge else ""))
+        hp = plan(loader.load([p]).spec)
+        mi = BASE + OVERLAY.format(lower="/srv/l3:/srv/l2:/srv/l1") + INNER.splitlines(True)[0]
+        result = diff.diff(hp, facts.parse(fact_output(hp, mi)))
+        lines = diff.script(result).splitlines()
+        assert lines.index("umount -- /srv/merged/data || fail 'cannot unmount /srv/merged/data; if it is busy,'' stop what uses it or set force: true'") < \
+            next(i for i, line in enumerate(lines) if line.startswith("umount -- /srv/merged "))
+        assert any(line.startswith("rm -rf") for line in lines) == purge
+        if purge:
+            assert "rm -rf --one-file-system -- /srv/up" in lines and "rm -rf --one-file-system -- /srv/work" in lines
+        assert not any("/srv/l" in line and line.startswith("rm") for line in lines)  # lowers are never purged
+        # converged absent state: nothing to do
+        result = diff.diff(hp, facts.parse(fact_output(hp, BASE, missing={"/srv/up", "/srv/work"})))
+        assert result.changes == []
+
+
+def test_absent_leaves_a_foreign_mount_alone(tmp_path):
+    p = tmp_path / "s.yml"
+    p.write_text("binds: {b1: {source: /srv/share, target: /mnt/share, state: absent}}")
+    hp = plan(loader.load([p]).spec)
+    foreign = BASE + "34 23 0:40 /elsewhere /mnt/share rw - tmpfs srv rw\n"
+    assert diff.diff(hp, facts.parse(fact_output(hp, foreign))).changes == []
+    ours = BASE + BIND
+    assert [c.key for c in diff.diff(hp, facts.parse(fact_output(hp, ours))).changes] == ["bind /mnt/share"]
+
+
+def test_symlinked_target_compares_resolved_paths(host_plan):
+    out = fact_output(host_plan, CONVERGED)
+    out = [line.replace("/mnt/share\t/mnt/share\t", "/mnt/share\t/mnt/real\t") for line in out]
+    mi = CONVERGED.replace(" /mnt/share ", " /mnt/real ")
+    assert diff.diff(host_plan, facts.parse([*out[:1], *mi.splitlines(), *out[1 + len(CONVERGED.splitlines()):]])).changes == []
+
+
+def test_long_lower_stack_on_new_util_linux_uses_the_legacy_mount_path():
+    state = facts.HostState(util_linux=(2, 41))
+    want = dataclasses.replace(
+        plan(loader.Spec()).items[0].mount if plan(loader.Spec()).items else None
+    ) if False else None
+    from lamina.plan import MountWant
+    want = MountWant("overlay", "/m", "overlay", tuple(f"/layers/{i:040d}" for i in range(8)), "/u", "/w")
+    assert diff.mount_command(want, state).startswith("LIBMOUNT_FORCE_MOUNT2=always mount -t overlay")
+    assert diff.mount_command(want, facts.HostState(util_linux=(2, 38, 1))).startswith("mount -t overlay")
+
+
+def test_mountinfo_escapes_and_lowerdir_plus():
+    line = ("40 21 0:70 / /srv/with\\040space rw - overlay my\\134label "
+            "rw,lowerdir+=/a,lowerdir+=/b\\054c,upperdir=/u,workdir=/w")
+    (m,) = facts.parse_mountinfo([line])
+    assert m.target == "/srv/with space" and m.source == "my\\label"
+    assert m.lower == ("/a", "/b,c") and m.super_option("upperdir") == "/u"
+    assert not m.read_only
