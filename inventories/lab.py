@@ -10,7 +10,7 @@ Host-key checking is on: the lab's known_hosts holds each host's key ("NAME,IP k
 from lamina import lab as _lab
 
 _hosts = _lab.hosts()
-if not _hosts:
+if not _hosts:  # SystemExit: pyinfra prints the message, no traceback
     raise SystemExit(
         f"inventories/lab.py: the lab in {_lab.lab_dir()} is down: start it with `lamina lab up`"
     )

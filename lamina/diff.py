@@ -164,21 +164,28 @@ def _present(item: Item, actual: HostState, seen: set[str], created: set[str],
     prepare: list[str] = []
     apply: list[str] = []
     unmount: list[str] = []
+    missing: list[str] = []
     blind = item.parent is not None and actual.resolve(item.parent) in remounted
     for d in item.dirs:
         unseen = blind or _inside_remount(actual.resolve(d.path), remounted)
         why, cmds, errs = dir_actions(d, actual, seen, created, unseen)
-        reasons += why
+        missing += [w.removesuffix(" is missing") for w in why if w.endswith(" is missing")]
+        reasons += [w for w in why if not w.endswith(" is missing")]
         (apply if unseen else prepare).extend(cmds)
         errors += [f"{item.key}: {e}" for e in errs]
     for path, content in item.files:
         if actual.files.get(path) != content:
             reasons.append(f"{path} differs" if path in actual.files else f"{path} is missing")
             prepare.append(f"printf '%s\\n' {q(content)} > {q(path)}")
+    if missing:
+        reasons.insert(0, f"missing {', '.join(missing)}")
     want = item.mount
     if want is not None:
         stack = actual.stack(want.target)
-        why = ["overlay it lies in is (re)mounted"] if blind else compare_mount(want, stack[-1] if stack else None, actual)
+        if blind:  # what is mounted inside a tree being (re)mounted is redone with it
+            why = ["remounted with the overlay it lies in"] if stack else ["not mounted"]
+        else:
+            why = compare_mount(want, stack[-1] if stack else None, actual)
         if why:
             reasons += why
             remounted.add(actual.resolve(want.target))

@@ -13,6 +13,7 @@ Importing this module is cheap (standard library only): the inventory imports it
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,18 +162,19 @@ def _in_netns(pid: int, netns: str) -> bool:
 
 def status() -> list[dict]:
     """One dict per host: name, address, pid (None if dead), sshd ("yes"/"no")."""
-    rows = []
-    for h in hosts():
-        alive = h.pid is not None and _in_netns(h.pid, h.name)
-        rows.append(
-            {
-                "name": h.name,
-                "address": h.address,
-                "pid": h.pid if alive else None,
-                "sshd": "yes" if _sshd_answers(h.address) else "no",
-            }
-        )
-    return rows
+    all_hosts = hosts()
+    # in parallel: a dead host's address times out
+    with ThreadPoolExecutor(max_workers=max(1, len(all_hosts))) as pool:
+        answers = list(pool.map(_sshd_answers, [h.address for h in all_hosts]))
+    return [
+        {
+            "name": h.name,
+            "address": h.address,
+            "pid": h.pid if h.pid is not None and _in_netns(h.pid, h.name) else None,
+            "sshd": "yes" if ok else "no",
+        }
+        for h, ok in zip(all_hosts, answers, strict=True)
+    ]
 
 
 def ssh_argv(name: str, command: list[str] | tuple[str, ...] = ()) -> list[str]:
@@ -231,6 +234,7 @@ def _print_up(elapsed: float) -> None:
 
 
 def _cmd_up(args) -> int:
+    _check_machine()  # before printing progress
     t0 = time.monotonic()
     print(f"lab up: starting {args.n} hosts in {lab_dir()}", flush=True)
     up(args.n)
@@ -263,7 +267,7 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_ssh(args) -> int:
-    return ssh(args.host, args.command)
+    return ssh(args.host, args.remote_command)
 
 
 def _guard(fn):
@@ -281,8 +285,6 @@ def _guard(fn):
 
 def register(subparsers) -> None:
     """Add ``lab`` with its sub-commands to an argparse sub-parsers object."""
-    import argparse
-
     env_help = (
         "environment: LAMINA_LAB_DIR (state dir, default /run/lamina/lab), LAMINA_LAB_PREFIX "
         "(host names, default lab), LAMINA_LAB_NET (default 10.203.0: hosts get .11, .12, ...). "
@@ -336,7 +338,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("host", metavar="HOST", help="host name, e.g. lab1")
     p.add_argument(
-        "command",
+        "remote_command",  # not "command": lamina.cli uses that dest for the sub-command
         metavar="CMD",
         nargs=argparse.REMAINDER,
         help="command and arguments (default: interactive shell)",

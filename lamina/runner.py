@@ -50,15 +50,23 @@ def host_plan(name: str, data: dict[str, Any], specs: Sequence[str | Path] | Non
 
 
 def load_inventory(path: str):
+    """A pyinfra inventory: a file, or a comma-separated host list, as pyinfra takes."""
+    from pyinfra.api import State
+    from pyinfra.context import ctx_state
     from pyinfra_cli.exceptions import CliError
     from pyinfra_cli.inventory import make_inventory
 
     if (path.endswith(".py") or "/" in path) and not Path(path).is_file():
         raise SpecInvalid([loader.SpecError(path, 1, 1, "inventory file not found")])
+    ctx_state.set(State())  # pyinfra executes inventory files inside a state context
     try:
         return make_inventory(path)
     except CliError as e:
         raise LaminaError(f"inventory {path}: {e}") from None
+    except SystemExit as e:  # an inventory file may exit with its own message
+        raise LaminaError(str(e.code)) from None
+    except Exception as e:
+        raise LaminaError(f"inventory {path}: {type(e).__name__}: {e}") from None
 
 
 @dataclass

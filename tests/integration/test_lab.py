@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
 import uuid
@@ -70,7 +71,12 @@ def test_status_lists_live_hosts(lab):
 
 def test_mount_on_one_host_is_invisible_elsewhere(lab):
     tag = f"lamina-test-{uuid.uuid4().hex[:8]}"  # tmpfs source name: unique in mountinfo
-    _ok(lab.run("tlab1", f"mkdir -p /srv/x && mount -t tmpfs {tag} /srv/x && touch /srv/x/f"))
+    _ok(
+        lab.run(
+            "tlab1",
+            f"mkdir -p /srv/x && mount -t tmpfs {shlex.quote(tag)} /srv/x && touch /srv/x/f",
+        )
+    )
     try:
         assert tag in _ok(lab.run("tlab1", "cat /proc/self/mountinfo"))
         assert tag not in _ok(lab.run("tlab2", "cat /proc/self/mountinfo"))
@@ -85,14 +91,14 @@ def test_mount_on_one_host_is_invisible_elsewhere(lab):
 def test_state_dirs_are_private_tmpfs_per_host(lab):
     tag = uuid.uuid4().hex[:8]
     dirs = ["/var/lib/lamina", "/srv", "/mnt", "/tmp", "/run", "/root"]
-    assert _ok(lab.run("tlab1", f"stat -fc %T {' '.join(dirs)}")).split() == ["tmpfs"] * len(dirs)
+    assert _ok(lab.run("tlab1", "stat -fc %T " + shlex.join(dirs))).split() == ["tmpfs"] * len(dirs)
     files = [f"{d}/lab-test-{tag}" for d in ["/var/lib/lamina", "/srv", "/mnt", "/etc"]]
-    _ok(lab.run("tlab1", "touch " + " ".join(files)))
+    _ok(lab.run("tlab1", "touch " + shlex.join(files)))
     try:
-        assert _ok(lab.run("tlab2", "ls -d " + " ".join(files) + " 2>/dev/null; true")) == ""
+        assert _ok(lab.run("tlab2", "ls -d " + shlex.join(files) + " 2>/dev/null; true")) == ""
         assert not any(os.path.exists(f) for f in files)  # /etc: copy-on-write root
     finally:
-        _ok(lab.run("tlab1", "rm -f " + " ".join(files)))
+        _ok(lab.run("tlab1", "rm -f " + shlex.join(files)))
     # a clean home: not the machine's ~/.bashrc (which may block), and commands don't hang
     assert "pyenv" not in _ok(lab.run("tlab1", "cat /root/.bashrc"))
 

@@ -130,7 +130,7 @@ def test_unmounted_bind_is_the_only_change(host_plan):
 
 def test_deleted_work_dir_is_recreated(host_plan):
     result = run(host_plan, missing={"/srv/work"})
-    assert reasons(result) == {"overlay /srv/merged": ["/srv/work is missing"]}
+    assert reasons(result) == {"overlay /srv/merged": ["missing /srv/work"]}
     assert "mkdir -p -m 700 -- /srv/work" in diff.script(result)
 
 
