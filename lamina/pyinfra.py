@@ -27,8 +27,8 @@ def apply_spec(*specs: str | Path, roles_dir: str | Path = ROLES_DIR, **global_a
         plan = host_plan(host.name, host.data.dict(), list(specs), Path(roles_dir))
     except LaminaError as e:  # a spec error: fail the deploy before any command runs
         raise PyinfraError(f"lamina: {e}") from None
-    what = ", ".join(str(s) for s in specs) or "roles"
-    return converge(plans={host.name: plan}, name=f"lamina: {what}", **global_args)
+    global_args.setdefault("name", f"lamina: {', '.join(str(s) for s in specs)}")
+    return converge(plans={host.name: plan}, **global_args)
 
 
 def apply_roles(roles=None, roles_dir: str | Path = ROLES_DIR, **global_args):
@@ -41,4 +41,5 @@ def apply_roles(roles=None, roles_dir: str | Path = ROLES_DIR, **global_args):
         raise PyinfraError(f"lamina: {e}") from None
     if not specs:
         return None
+    global_args.setdefault("name", f"lamina: roles {', '.join(map(str, roles))}")
     return apply_spec(*specs, roles_dir=roles_dir, **global_args)

@@ -107,7 +107,7 @@ class Report:
     def lines(self, applied: bool) -> list[str]:
         out = []
         for h in self.hosts.values():
-            if h.result:
+            if h.result and not h.error:
                 for c in h.result.changes:
                     out += [f"{h.name} {c.key}: {r}" for r in c.reasons]
             if h.error:
@@ -161,7 +161,7 @@ def _execute(inventory, hosts, plans: dict[str, HostPlan], *, apply: bool, sudo:
 
     from .operations import converge
 
-    report = Report()
+    report = Report({h.name: HostReport(h.name) for h in hosts})  # inventory order
     errors = _Errors()
     pyinfra_log = logging.getLogger("pyinfra")
     pyinfra_log.addHandler(errors)
@@ -188,8 +188,8 @@ def _execute(inventory, hosts, plans: dict[str, HostPlan], *, apply: bool, sudo:
                 pass  # all hosts failed; each is reported below
             for h, meta in results.items():
                 if h in state.failed_hosts and h.name not in {r.name for r in report.failed}:
-                    stderr = "; ".join(line.strip() for line in meta.stderr_lines if line.strip()) \
-                        if meta.is_complete() else ""
+                    lines = meta.stderr_lines if meta.is_complete() else []
+                    stderr = "; ".join(line.strip().removeprefix("lamina: ") for line in lines if line.strip())
                     report.fail(h.name, stderr or errors.about(h.name))
         else:
             for h in hosts:

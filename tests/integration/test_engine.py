@@ -174,7 +174,7 @@ def test_verify_passes_on_a_good_host_and_catches_a_wrong_mount(hosts, tmp_path)
     assert bad.stdout.count("FAILED") == 1, bad.stdout
     # the merged-view check stands on its own: a file that shadows the highest layer fails it
     lab.run(h, "umount /srv/demo/merged/scratch; mount -t tmpfs tmpfs /srv/demo/merged/scratch -o size=16m; "
-               "echo sneaky > /srv/demo/upper/layer.txt")
+               "echo written > /srv/demo/merged/layer.txt")  # copied up: upper is now the highest
     lamina("verify", "-i", str(lab.inventory), "-q")  # upper's version is the highest: still right
     lab.run(h, "mount --bind /srv/demo/low1/layer.txt /srv/demo/merged/layer.txt")
     bad = lamina("verify", "-i", str(lab.inventory), "-q", check=1)
@@ -232,5 +232,6 @@ def test_pyinfra_cli_runs_the_roles_and_reruns_clean(hosts):
     marks = {h: lab.mark(h) for h in lab.hosts}
     second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0
-    assert second.stdout.count("No changes") == len(lab.hosts), second.stdout
+    out = second.stdout + second.stderr
+    assert out.count("No changes") == len(lab.hosts), out
     assert all(len(lab.exec_requests(h, marks[h])) <= 2 for h in lab.hosts)
