@@ -111,30 +111,34 @@ def umount_command(target: str, force: bool) -> str:
             f"' stop what uses it or set force: true'")
 
 
-def dir_actions(d: Dir, actual: HostState, seen: set[str], created: set[str],
-                blind: bool) -> tuple[list[str], list[str], list[str]]:
-    """(reasons, commands, errors) to make one directory right. `blind`: the facts
-    cannot see it (it lies in a tree about to be mounted), so act without checking.
-    `created`: directories that some item of the plan creates."""
-    if d.path in seen:
-        return [], [], []
-    seen.add(d.path)
+@dataclass
+class DirFix:
+    missing: bool = False
+    reason: str | None = None
+    commands: tuple[str, ...] = ()
+    error: str | None = None
+
+
+def dir_fix(d: Dir, actual: HostState, created: set[str], blind: bool) -> DirFix:
+    """What makes one directory right. `blind`: the facts cannot see it (it lies in a
+    tree about to be mounted), so act without checking. `created`: directories that
+    some item of the plan creates."""
     mode = d.mode if d.mode is not None else d.new_mode
-    mkdir = f"mkdir -p -m {mode:o} -- {q(d.path)}"
     if blind:
-        return [], [f"mkdir -p -- {q(d.path)}"], []
+        return DirFix(commands=(f"mkdir -p -- {q(d.path)}",))
     info = actual.paths.get(d.path)
     if info is None or not info.exists:
-        if not d.create:
-            if d.path in created:
-                return [], [], []
-            return [], [], [f"{d.path} does not exist (create it, or set create_source: true)"]
-        return [f"{d.path} is missing"], [mkdir], []
+        if d.create:
+            return DirFix(missing=True, commands=(f"mkdir -p -m {mode:o} -- {q(d.path)}",))
+        if d.path in created:
+            return DirFix()
+        return DirFix(error=f"{d.path} does not exist (create it, or set create_source: true)")
     if not info.is_dir and d.create:
-        return [], [], [f"{d.path} is a {info.type}, not a directory"]
+        return DirFix(error=f"{d.path} is a {info.type}, not a directory")
     if d.mode is not None and info.mode != d.mode:
-        return [f"{d.path} has mode {info.mode:o}, want {d.mode:o}"], [f"chmod {d.mode:o} -- {q(d.path)}"], []
-    return [], [], []
+        return DirFix(reason=f"{d.path} has mode {info.mode:o}, want {d.mode:o}",
+                      commands=(f"chmod {d.mode:o} -- {q(d.path)}",))
+    return DirFix()
 
 
 def diff(plan: HostPlan, actual: HostState) -> Result:
@@ -167,12 +171,18 @@ def _present(item: Item, actual: HostState, seen: set[str], created: set[str],
     missing: list[str] = []
     blind = item.parent is not None and actual.resolve(item.parent) in remounted
     for d in item.dirs:
+        if d.path in seen:  # several items may need one directory; make it once
+            continue
+        seen.add(d.path)
         unseen = blind or _inside_remount(actual.resolve(d.path), remounted)
-        why, cmds, errs = dir_actions(d, actual, seen, created, unseen)
-        missing += [w.removesuffix(" is missing") for w in why if w.endswith(" is missing")]
-        reasons += [w for w in why if not w.endswith(" is missing")]
-        (apply if unseen else prepare).extend(cmds)
-        errors += [f"{item.key}: {e}" for e in errs]
+        fix = dir_fix(d, actual, created, unseen)
+        if fix.missing:
+            missing.append(d.path)
+        if fix.reason:
+            reasons.append(fix.reason)
+        if fix.error:
+            errors.append(f"{item.key}: {fix.error}")
+        (apply if unseen else prepare).extend(fix.commands)
     for path, content in item.files:
         if actual.files.get(path) != content:
             reasons.append(f"{path} differs" if path in actual.files else f"{path} is missing")
@@ -207,7 +217,7 @@ def _absent(item: Item, actual: HostState) -> Change | None:
             unmount.append(umount_command(actual.resolve(want.target), item.force))
     for path in item.purge:
         info = actual.paths.get(path)
-        if info is None or info.exists:
+        if info and info.exists:
             reasons.append(f"purge {path}")
             purge.append(f"rm -rf --one-file-system -- {q(path)}")
     if not reasons:

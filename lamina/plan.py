@@ -76,6 +76,8 @@ class HostPlan:
                         seen[p] = None
                 if m.fstype == "bind":
                     seen[m.source] = None
+            for p in item.purge:
+                seen[p] = None
         return list(seen)
 
 

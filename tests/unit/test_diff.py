@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import textwrap
 
 import pytest
 
 from lamina import diff, facts, loader
-from lamina.plan import plan
+from lamina.plan import MountWant, plan
 
 SPEC = """\
 volumes:
@@ -210,13 +209,8 @@ def test_symlinked_target_compares_resolved_paths(host_plan):
 
 
 def test_long_lower_stack_on_new_util_linux_uses_the_legacy_mount_path():
-    state = facts.HostState(util_linux=(2, 41))
-    want = dataclasses.replace(
-        plan(loader.Spec()).items[0].mount if plan(loader.Spec()).items else None
-    ) if False else None
-    from lamina.plan import MountWant
     want = MountWant("overlay", "/m", "overlay", tuple(f"/layers/{i:040d}" for i in range(8)), "/u", "/w")
-    assert diff.mount_command(want, state).startswith("LIBMOUNT_FORCE_MOUNT2=always mount -t overlay")
+    assert diff.mount_command(want, facts.HostState(util_linux=(2, 41))).startswith("LIBMOUNT_FORCE_MOUNT2=always mount -t overlay")
     assert diff.mount_command(want, facts.HostState(util_linux=(2, 38, 1))).startswith("mount -t overlay")
 
 
@@ -227,3 +221,14 @@ def test_mountinfo_escapes_and_lowerdir_plus():
     assert m.target == "/srv/with space" and m.source == "my\\label"
     assert m.lower == ("/a", "/b,c") and m.super_option("upperdir") == "/u"
     assert not m.read_only
+
+
+def test_purged_volume_is_deleted_once(tmp_path):
+    p = tmp_path / "s.yml"
+    p.write_text("volumes: {old: {state: absent, purge: true}}")
+    hp = plan(loader.load([p]).spec)
+    assert hp.paths() == ["/var/lib/lamina/volumes/old"]
+    there = diff.diff(hp, facts.parse(fact_output(hp, BASE)))
+    assert "rm -rf --one-file-system -- /var/lib/lamina/volumes/old" in diff.script(there)
+    gone = diff.diff(hp, facts.parse(fact_output(hp, BASE, missing={"/var/lib/lamina/volumes/old"})))
+    assert gone.changes == []
