@@ -67,6 +67,18 @@ def parser() -> argparse.ArgumentParser:
     ve.add_argument("-q", "--quiet", action="store_true", help="less pytest output")
     ve.set_defaults(func=cmd_verify)
 
+    ins = sub.add_parser("inspect", help="show a container's layers and mounts as JSON, like docker inspect")
+    ins.add_argument("container", metavar="CONTAINER")
+    _targets(ins)
+    ins.add_argument("--host", action="append", dest="limit", default=[], metavar="HOST", help="same as --limit")
+    ins.set_defaults(func=cmd_inspect)
+
+    gc = sub.add_parser("gc", help="list (and with --yes remove) layers that no image of the specs uses")
+    _targets(gc)
+    gc.add_argument("--yes", action="store_true", help="remove them (default: only list)")
+    gc.add_argument("--json", action="store_true", help="machine-readable output")
+    gc.set_defaults(func=cmd_gc)
+
     lab.register(sub)
     return p
 
@@ -117,6 +129,27 @@ def cmd_plan(args) -> int:
 
 def cmd_apply(args) -> int:
     return _run(args, apply=True)
+
+
+def cmd_inspect(args) -> int:
+    from .runner import inspect
+
+    print(json.dumps(inspect(args.inventory, args.specs, args.container, sudo=args.sudo, limit=args.limit),
+                     indent=2))
+    return 0
+
+
+def cmd_gc(args) -> int:
+    from .runner import run
+
+    report = run(args.inventory, args.specs, apply=args.yes, sudo=args.sudo, limit=args.limit, gc=True)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print("\n".join(report.lines(applied=args.yes)))
+        if not args.yes and any(h.changed for h in report.hosts.values()):
+            print("(nothing removed: run again with --yes to remove)", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def cmd_verify(args) -> int:

@@ -4,14 +4,21 @@ Pure: the same comparison serves `plan` (show reasons), `apply` (run the command
 and `verify` (assert there is nothing to change). Mounts are compared semantically:
 resolved paths, the lower stack in order, upper, work, the bind's source as
 (device, root) and the read-only flag — never as raw option strings.
+
+Layers that must be shipped or built are not shell commands: they are listed in
+`Result.materialize` for the operation to do first; containers that wait for them are
+mounted by a second comparison made after that.
 """
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from dataclasses import dataclass, field
 
 from .facts import HostState, MountEntry
+from .images import LayerRef
+from .loader import MAX_MOUNT_DATA
 from .plan import Dir, HostPlan, Item, MountWant, depth
 
 # util-linux 2.39+ mounts through the new API, which rejects a lowerdir= value of
@@ -30,37 +37,95 @@ class Change:
     depth: int = 0
 
 
+@dataclass(frozen=True)
+class Materialize:
+    action: str  # ship | build | relink
+    ref: LayerRef
+    digest: str | None = None  # known digest (relink, or a cached run layer to rebuild)
+
+
 @dataclass
 class Result:
     changes: list[Change] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    materialize: list[Materialize] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         return bool(self.changes)
 
 
+@dataclass(frozen=True)
+class Lower:
+    """A resolved lower stack, highest first: the paths to compare and the option value to
+    mount (short link names from `cwd` for image layers, absolute paths otherwise)."""
+
+    paths: tuple[str, ...]
+    option: str
+    cwd: str | None = None
+
+
 def q(arg: str) -> str:
     return shlex.quote(arg)
 
 
-def compare_mount(want: MountWant, top: MountEntry | None, actual: HostState) -> list[str]:
+class Host:
+    """One comparison's view of a host: facts plus what was learnt from them."""
+
+    def __init__(self, plan: HostPlan, actual: HostState):
+        self.plan, self.actual = plan, actual
+        self.links_dir = posixpath.join(plan.state_dir, "l")
+        self.names = {t.split("/")[-2]: n for n, t in actual.links.items() if t.startswith("../layers/")}
+
+    def digest(self, ref: LayerRef) -> str | None:
+        if ref.digest:
+            return ref.digest
+        return self.actual.files.get(self.plan.cache_file(ref), "").strip() or None
+
+    def ready(self, ref: LayerRef) -> str | None:
+        """The layer's digest when it is on the host with its short link."""
+        hex_ = self.digest(ref)
+        return hex_ if hex_ in self.actual.layers and hex_ in self.names else None
+
+    def lower(self, want: MountWant) -> Lower | None:
+        """None while an image layer is not on the host yet."""
+        if not want.layers:
+            paths = tuple(self.actual.resolve(p) for p in want.lower)
+            return Lower(paths, ":".join(paths)) if paths else None
+        digests = [self.ready(ref) for ref in want.layers]
+        if None in digests:
+            return None
+        paths = tuple(f"{self.plan.state_dir}/layers/{d}/diff" for d in digests)
+        return Lower(paths, ":".join(self.names[d] for d in digests), self.links_dir)
+
+    def found_lower(self, top: MountEntry) -> list[str]:
+        """The mounted lower stack as absolute paths (relative entries are short links)."""
+        out = []
+        for entry in top.lower:
+            if not entry.startswith("/"):
+                entry = posixpath.normpath(posixpath.join(self.links_dir, self.actual.links.get(entry, entry)))
+            out.append(entry)
+        return out
+
+
+def compare_mount(want: MountWant, top: MountEntry | None, host: Host, lower: Lower | None) -> list[str]:
     """Why the visible mount on want.target is not the wanted one (empty: it is)."""
+    actual = host.actual
     if top is None:
         return ["not mounted"]
     if want.fstype in ("overlay", "tmpfs") and top.fstype != want.fstype:
         return [f"{top.fstype} ({top.source}) is mounted there instead of {want.fstype}"]
     reasons = []
-    if want.fstype == "overlay":
-        lower = [actual.resolve(p) for p in want.lower]
-        if list(top.lower) != lower:
-            reasons.append(f"lower stack differs: want [{', '.join(lower)}], found [{', '.join(top.lower)}]")
+    if want.fstype == "overlay" and lower is not None:
+        found = host.found_lower(top)
+        if found != list(lower.paths):
+            reasons.append(f"lower stack differs: want [{', '.join(lower.paths)}], found [{', '.join(found)}]")
         for name, path in (("upperdir", want.upper), ("workdir", want.work)):
-            found = top.super_option(name)
+            got = top.super_option(name)
             wanted = actual.resolve(path) if path else None
-            if found != wanted:
-                reasons.append(f"{name[:-3]} differs: want {wanted or 'none'}, found {found or 'none'}")
+            if got != wanted:
+                reasons.append(f"{name[:-3]} differs: want {wanted or 'none'}, found {got or 'none'}")
         if top.source != want.source:
             reasons.append(f"label differs: want {want.source}, found {top.source}")
     elif want.fstype == "bind":
@@ -78,15 +143,16 @@ def compare_mount(want: MountWant, top: MountEntry | None, actual: HostState) ->
     return reasons
 
 
-def is_ours(want: MountWant, top: MountEntry, actual: HostState) -> bool:
+def is_ours(want: MountWant, top: MountEntry, host: Host) -> bool:
     """Whether a mount is the one this item made (maybe since changed): same kind of
     filesystem, and for a bind the same source. Only such a mount is removed."""
     if want.fstype != "bind":
         return top.fstype == want.fstype
-    return not [r for r in compare_mount(want, top, actual) if r.startswith(("bind", "cannot"))]
+    return not [r for r in compare_mount(want, top, host, None) if r.startswith(("bind", "cannot"))]
 
 
-def mount_command(want: MountWant, actual: HostState) -> str:
+def mount_command(want: MountWant, actual: HostState, lower: Lower | None = None) -> str:
+    """The mount command; ValueError when overlay options would not fit in one page."""
     target = q(actual.resolve(want.target))
     if want.fstype == "bind":
         opts = "bind,ro" if want.read_only else "bind"
@@ -94,14 +160,20 @@ def mount_command(want: MountWant, actual: HostState) -> str:
     if want.fstype == "tmpfs":
         opts = ",".join(("ro",) * want.read_only + want.options) or "defaults"
         return f"mount -t tmpfs -o {q(opts)} -- tmpfs {target}"
-    lower = ":".join(actual.resolve(p) for p in want.lower)
-    opts = f"lowerdir={lower}"
+    if lower is None:  # a plain overlay: absolute lower paths
+        paths = tuple(actual.resolve(p) for p in want.lower)
+        lower = Lower(paths, ":".join(paths))
+    opts = f"lowerdir={lower.option}"
     if want.upper and want.work:
         opts += f",upperdir={actual.resolve(want.upper)},workdir={actual.resolve(want.work)}"
+    if len(opts) > MAX_MOUNT_DATA:
+        raise ValueError(f"overlay options are {len(opts)} bytes; the kernel silently truncates mount data"
+                         f" past one page (limit here {MAX_MOUNT_DATA})")
     env = ""
-    if len(lower) > NEW_API_LOWERDIR_LIMIT and actual.util_linux >= (2, 39):
+    if len(lower.option) > NEW_API_LOWERDIR_LIMIT and actual.util_linux >= (2, 39):
         env = "LIBMOUNT_FORCE_MOUNT2=always "
-    return f"{env}mount -t overlay -o {q(opts)} -- {q(want.source)} {target}"
+    cd = f"cd {q(lower.cwd)} && " if lower.cwd else ""
+    return f"{cd}{env}mount -t overlay -o {q(opts)} -- {q(want.source)} {target}"
 
 
 def umount_command(target: str, force: bool) -> str:
@@ -141,89 +213,154 @@ def dir_fix(d: Dir, actual: HostState, created: set[str], blind: bool) -> DirFix
     return DirFix()
 
 
+class _Run:
+    """The state of one comparison as it walks the plan's items in order."""
+
+    def __init__(self, plan: HostPlan, actual: HostState):
+        self.host = Host(plan, actual)
+        self.actual = actual
+        self.result = Result()
+        self.seen: set[str] = set()
+        self.created = {d.path for i in plan.items if i.state == "present" for d in i.dirs if d.create}
+        self.remounted: set[str] = set()  # targets (re)mounted now: what lies inside is unseen
+        self.pending: set[str] = set()  # targets that wait for layers to be shipped or built
+
+    def inside(self, path: str, targets: set[str]) -> bool:
+        return any(path.startswith(t.rstrip("/") + "/") for t in targets)
+
+    def layer(self, item: Item) -> Change | None:
+        ref = item.layer
+        hex_ = self.host.digest(ref)
+        if hex_ is None:
+            self.result.materialize.append(Materialize("build", ref))
+            return Change(item.key, [f"not built yet: {_short(ref.run.command)}"])
+        if hex_ not in self.actual.layers:
+            action = "ship" if ref.layer else "build"
+            self.result.materialize.append(Materialize(action, ref, hex_))
+            size = f" ({ref.layer.size / 2**20:.1f} MiB)" if ref.layer else ""
+            return Change(item.key, [f"missing{size}"] if ref.layer else [f"cached layer {hex_[:12]} is missing"])
+        if hex_ not in self.host.names:
+            self.result.materialize.append(Materialize("relink", ref, hex_))
+            return Change(item.key, ["its short link is missing"])
+        return None
+
+    def present(self, item: Item) -> Change | None:
+        actual = self.actual
+        reasons: list[str] = []
+        prepare: list[str] = []
+        apply: list[str] = []
+        unmount: list[str] = []
+        missing: list[str] = []
+        parent = actual.resolve(item.parent) if item.parent else None
+        blind = parent is not None and parent in self.remounted
+        if parent is not None and parent in self.pending:
+            self.pending.add(actual.resolve(item.mount.target))
+            return Change(item.key, ["waits for its container's image"])
+        for d in item.dirs:
+            if d.path in self.seen:  # several items may need one directory; make it once
+                continue
+            self.seen.add(d.path)
+            unseen = blind or self.inside(actual.resolve(d.path), self.remounted)
+            fix = dir_fix(d, actual, self.created, unseen)
+            if fix.missing:
+                missing.append(d.path)
+            if fix.reason:
+                reasons.append(fix.reason)
+            if fix.error:
+                self.result.errors.append(f"{item.key}: {fix.error}")
+            (apply if unseen else prepare).extend(fix.commands)
+        for path, content in item.files:
+            if actual.files.get(path) != content:
+                reasons.append(f"{path} differs" if path in actual.files else f"{path} is missing")
+                prepare.append(f"printf '%s\\n' {q(content)} > {q(path)}")
+        if missing:
+            reasons.insert(0, f"missing {', '.join(missing)}")
+        want = item.mount
+        if want is not None:
+            target = actual.resolve(want.target)
+            lower = self.host.lower(want) if want.fstype == "overlay" else None
+            stack = actual.stack(want.target)
+            if want.fstype == "overlay" and lower is None:
+                self.pending.add(target)
+                why = ["image layers are not on the host yet"]
+            elif blind:  # what is mounted inside a tree being (re)mounted is redone with it
+                why = ["remounted with the tree it lies in"] if stack else ["not mounted"]
+            else:
+                why = compare_mount(want, stack[-1] if stack else None, self.host, lower)
+            if why:
+                reasons += why
+                if target not in self.pending:
+                    self.remounted.add(target)
+                    unmount += [umount_command(target, item.force)] * len(stack)
+                    try:
+                        apply.append(mount_command(want, actual, lower))
+                    except ValueError as e:
+                        self.result.errors.append(f"{item.key}: {e}")
+        if not (reasons or apply or prepare):
+            return None
+        return Change(item.key, reasons, unmount=unmount, prepare=prepare, apply=apply,
+                      depth=depth(want.target) if want else 0)
+
+    def absent(self, item: Item) -> Change | None:
+        reasons, unmount, purge = [], [], []
+        want = item.mount
+        if want is not None:
+            stack = self.actual.stack(want.target)
+            if stack and is_ours(want, stack[-1], self.host):
+                reasons.append("mounted, but the spec says absent")
+                unmount.append(umount_command(self.actual.resolve(want.target), item.force))
+        for path in item.purge:
+            info = self.actual.paths.get(path)
+            if info and info.exists:
+                reasons.append(f"purge {path}")
+                purge.append(f"rm -rf --one-file-system -- {q(path)}")
+        if not reasons:
+            return None
+        return Change(item.key, reasons, unmount=unmount, purge=purge,
+                      depth=depth(want.target) if want else 0)
+
+
+def _short(command: str, width: int = 40) -> str:
+    line = " ".join(command.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
 def diff(plan: HostPlan, actual: HostState) -> Result:
-    result = Result()
-    seen: set[str] = set()
-    created = {d.path for i in plan.items if i.state == "present" for d in i.dirs if d.create}
-    remounted: set[str] = set()  # targets (re)mounted in this run: what lies inside is unseen
+    run = _Run(plan, actual)
+    if plan.gc:  # garbage collection only: nothing else of the plan is applied
+        run.result.changes = _garbage(run.host)
+        return run.result
     for item in plan.items:
-        if item.state == "present":
-            change = _present(item, actual, seen, created, remounted, result.errors)
+        if item.layer is not None:
+            change = run.layer(item)
+        elif item.state == "present":
+            change = run.present(item)
         else:
-            change = _absent(item, actual)
+            change = run.absent(item)
         if change:
-            result.changes.append(change)
+            run.result.changes.append(change)
         else:
-            result.unchanged.append(item.key)
-    return result
+            run.result.unchanged.append(item.key)
+    if actual.staging and not run.result.materialize:
+        debris = [posixpath.join(plan.state_dir, "staging", name) for name in actual.staging]
+        run.result.changes.append(Change("layer store", [f"{len(debris)} leftover(s) of interrupted builds"],
+                                         purge=[f"rm -rf -- {q(p)}" for p in debris]))
+    return run.result
 
 
-def _inside_remount(path: str, remounted: set[str]) -> bool:
-    return any(path.startswith(t.rstrip("/") + "/") for t in remounted)
-
-
-def _present(item: Item, actual: HostState, seen: set[str], created: set[str],
-             remounted: set[str], errors: list[str]) -> Change | None:
-    reasons: list[str] = []
-    prepare: list[str] = []
-    apply: list[str] = []
-    unmount: list[str] = []
-    missing: list[str] = []
-    blind = item.parent is not None and actual.resolve(item.parent) in remounted
-    for d in item.dirs:
-        if d.path in seen:  # several items may need one directory; make it once
-            continue
-        seen.add(d.path)
-        unseen = blind or _inside_remount(actual.resolve(d.path), remounted)
-        fix = dir_fix(d, actual, created, unseen)
-        if fix.missing:
-            missing.append(d.path)
-        if fix.reason:
-            reasons.append(fix.reason)
-        if fix.error:
-            errors.append(f"{item.key}: {fix.error}")
-        (apply if unseen else prepare).extend(fix.commands)
-    for path, content in item.files:
-        if actual.files.get(path) != content:
-            reasons.append(f"{path} differs" if path in actual.files else f"{path} is missing")
-            prepare.append(f"printf '%s\\n' {q(content)} > {q(path)}")
-    if missing:
-        reasons.insert(0, f"missing {', '.join(missing)}")
-    want = item.mount
-    if want is not None:
-        stack = actual.stack(want.target)
-        if blind:  # what is mounted inside a tree being (re)mounted is redone with it
-            why = ["remounted with the overlay it lies in"] if stack else ["not mounted"]
-        else:
-            why = compare_mount(want, stack[-1] if stack else None, actual)
-        if why:
-            reasons += why
-            remounted.add(actual.resolve(want.target))
-            unmount += [umount_command(actual.resolve(want.target), item.force)] * len(stack)
-            apply.append(mount_command(want, actual))
-    if not (reasons or apply or prepare):
-        return None
-    return Change(item.key, reasons, unmount=unmount, prepare=prepare, apply=apply,
-                  depth=depth(want.target) if want else 0)
-
-
-def _absent(item: Item, actual: HostState) -> Change | None:
-    reasons, unmount, purge = [], [], []
-    want = item.mount
-    if want is not None:
-        stack = actual.stack(want.target)
-        if stack and is_ours(want, stack[-1], actual):
-            reasons.append("mounted, but the spec says absent")
-            unmount.append(umount_command(actual.resolve(want.target), item.force))
-    for path in item.purge:
-        info = actual.paths.get(path)
-        if info and info.exists:
-            reasons.append(f"purge {path}")
-            purge.append(f"rm -rf --one-file-system -- {q(path)}")
-    if not reasons:
-        return None
-    return Change(item.key, reasons, unmount=unmount, purge=purge,
-                  depth=depth(want.target) if want else 0)
+def _garbage(host: Host) -> list[Change]:
+    """Layers that no image of the plan and no mounted overlay uses."""
+    used = {host.digest(ref) for ref in host.plan.layers.values()}
+    layers_dir = f"{host.plan.state_dir}/layers/"
+    for m in host.actual.mounts:
+        if m.fstype == "overlay":
+            used.update(p[len(layers_dir):].split("/")[0] for p in host.found_lower(m) if p.startswith(layers_dir))
+    changes = []
+    for hex_ in sorted(host.actual.layers - used):
+        cmds = [f"rm -f -- {q(host.links_dir + '/' + host.names[hex_])}"] if hex_ in host.names else []
+        changes.append(Change(f"layer {hex_[:12]}", ["not used by any image of the spec or mounted overlay"],
+                              purge=cmds + [f"rm -rf -- {q(layers_dir + hex_)}"]))
+    return changes
 
 
 PREAMBLE = "fail() { printf 'lamina: %s\\n' \"$*\" >&2; exit 1; }\nset -e"

@@ -100,6 +100,9 @@ class HostState:
     paths: dict[str, PathInfo] = field(default_factory=dict)
     util_linux: tuple[int, ...] = ()
     files: dict[str, str] = field(default_factory=dict)  # managed small files' content
+    layers: frozenset[str] = frozenset()  # hex digests in <state_dir>/layers
+    links: dict[str, str] = field(default_factory=dict)  # short link name → its target
+    staging: tuple[str, ...] = ()  # leftovers of interrupted layer builds
 
     def resolve(self, path: str) -> str:
         info = self.paths.get(path)
@@ -142,8 +145,19 @@ def command(plan: HostPlan) -> str:
         f"echo {MARK}-files",
         *([f"for f in {files}; do if [ -f \"$f\" ]; then printf '%s\\t%s\\n' \"$f\" \"$(cat -- \"$f\")\"; fi; done"]
           if files else []),
+        *(_store_listing(plan.state_dir) if plan.images or plan.gc else []),
         f"echo {MARK}-end",
     ])
+
+
+def _store_listing(state_dir: str) -> list[str]:
+    """The layer store in three processes, whatever its size (`ls -l` shows link targets)."""
+    sd = shlex.quote(state_dir)
+    return [
+        f"echo {MARK}-layers; ls -1 -- {sd}/layers 2>/dev/null || :",
+        f"echo {MARK}-links; ls -l -- {sd}/l 2>/dev/null || :",
+        f"echo {MARK}-staging; ls -1 -- {sd}/staging 2>/dev/null || :",
+    ]
 
 
 def parse(lines: Sequence[str]) -> HostState:
@@ -169,7 +183,15 @@ def parse(lines: Sequence[str]) -> HostState:
     for line in sections.get("files", []):
         path, _, content = line.partition("\t")
         files[path] = content
+    links = {}
+    for line in sections.get("links", []):
+        left, arrow, target = line.partition(" -> ")
+        if arrow:
+            links[left.split()[-1]] = target.strip()
     return HostState(
+        layers=frozenset(x.strip() for x in sections.get("layers", []) if x.strip()),
+        links=links,
+        staging=tuple(x.strip() for x in sections.get("staging", []) if x.strip()),
         mounts=tuple(parse_mountinfo(sections.get("mountinfo", []))),
         paths=paths,
         util_linux=tuple(int(g) for g in version.groups() if g) if version else (),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import posixpath
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -210,8 +211,9 @@ def _pydantic_error(doc: Document, err: Mapping[str, Any]) -> SpecError:
         parent = _model_at(loc[:-1])
         hint = ""
         if parent is not None:
-            close = difflib.get_close_matches(key, list(parent.model_fields), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(parent.model_fields)})"
+            known = _field_names(parent)
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
         return doc.error(loc, f"{where}: unknown key {key!r}{hint}", key=True)
     if kind == "missing":
         return doc.error(loc[:-1], f"{dotted(loc[:-1]) or 'spec'}: missing required key {loc[-1]!r}")
@@ -229,22 +231,38 @@ def _yaml_type(pytype: str) -> str:
             "bool": "a boolean", "NoneType": "nothing", "float": "a number"}.get(pytype, pytype)
 
 
-def _model_at(loc: Loc) -> Any:
-    """The model class that the mapping at loc is validated against."""
-    from . import spec as s
+def _field_names(model: Any) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
 
-    if not loc:
-        return s.Spec
-    section = {"volumes": s.Volume, "overlays": s.Overlay, "binds": s.Bind}.get(str(loc[0]))
-    if section is None or len(loc) < 2:
-        return None
-    if len(loc) == 2:
-        return section
-    if loc[2] == "mounts" and len(loc) == 4:
-        return s.Mount
-    if loc[2] == "mounts" and len(loc) == 5:
-        return {"volume": s.VolumeOptions, "bind": s.BindOptions, "tmpfs": s.TmpfsOptions}.get(str(loc[4]))
-    return None
+
+def _model_at(loc: Loc) -> Any:
+    """The model class that the mapping at loc is validated against, found by walking
+    the field annotations of the spec models (lists and dicts step over their index)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from .spec import Spec
+
+    def models(tp: Any) -> list[Any]:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            return [tp]
+        return [m for arg in typing.get_args(tp) for m in models(arg)]
+
+    current: Any = Spec
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            fields = {f.alias or name: f for name, f in current.model_fields.items()}
+            if part not in fields:
+                return None
+            current = fields[part].annotation
+        else:  # a list or dict of models: the index or key selects one
+            found = models(current)
+            if not found:
+                return None
+            current = found[0]
+    found = models(current)
+    return found[0] if found else None
 
 
 def merge(specs: list[tuple[Document, Spec]]) -> LoadedSpec:
@@ -320,7 +338,71 @@ def check_spec(loaded: LoadedSpec) -> list[SpecError]:
             claim(b.target, ("binds", name, "target"))
         if b.source == b.target:
             err(("binds", name, "target"), f"binds.{name}: source and target are the same path")
+    for name, image in spec.images.items():
+        _check_image(spec, name, image, err)
+    for name, c in spec.containers.items():
+        base = ("containers", name)
+        if c.image not in spec.images:
+            err(base + ("image",), f"containers.{name}.image: no image {c.image!r} in the spec")
+        target = container_target(spec, name)
+        if c.state == "present":
+            claim(target, base + ("target",))
+        for i, m in enumerate(c.mounts):
+            loc = base + ("mounts", i)
+            if c.state == "present":
+                claim(posixpath.join(target, m.target.lstrip("/")), loc)
+            _check_mount(spec, m, loc, err)
     return errors
+
+
+ARCHIVE_SOURCES = ("docker-archive:", "oci-archive:", "oci-layout:")
+OWNER_RE = re.compile(r"^[0-9]+:[0-9]+$")
+
+
+def container_target(spec: Spec, name: str) -> str:
+    target = spec.containers[name].target
+    return target or posixpath.join(spec.state_dir, "containers", name, "merged")
+
+
+def _check_image(spec: Spec, name: str, image, err) -> None:
+    from .spec import check_path
+
+    base: Loc = ("images", name)
+    source = image.from_
+    if source.startswith(ARCHIVE_SOURCES):
+        if not source.split(":", 1)[1]:
+            err(base + ("from",), f"images.{name}.from: {source!r} needs a path after the colon")
+    elif source != "scratch":
+        chain, parent = [name], source
+        while parent in spec.images and parent not in chain:
+            chain.append(parent)
+            parent = spec.images[parent].from_
+        if source not in spec.images:
+            err(base + ("from",), f"images.{name}.from: no image {source!r} in the spec"
+                " (use scratch, an image name, docker-archive:, oci-archive: or oci-layout:)")
+        elif parent == name:
+            err(base + ("from",), f"images.{name}.from: inheritance cycle {' -> '.join(chain + [name])}")
+    for i, step in enumerate(image.steps):
+        loc = base + ("steps", i)
+        where = dotted(loc)
+        kinds = [k for k, v in (("copy", step.copy_), ("add", step.add), ("run", step.run)) if v is not None]
+        if len(kinds) != 1:
+            err(loc, f"{where}: a step needs exactly one of copy, add, run (found {', '.join(kinds) or 'none'})")
+        if (step.env or step.workdir) and step.run is None:
+            err(loc, f"{where}: env and workdir apply to run steps only")
+        for key, value in (("workdir", step.workdir), ("copy", step.copy_ and step.copy_.dest),
+                           ("add", step.add and step.add.dest)):
+            if value is None:
+                continue
+            field = loc + ((key, "dest") if key != "workdir" else (key,))
+            try:
+                check_path(value)
+            except ValueError as e:
+                err(field, f"{dotted(field)}: {e}")
+        if step.copy_ and step.copy_.owner and not OWNER_RE.match(step.copy_.owner):
+            err(loc + ("copy", "owner"), f"{where}.copy.owner: use numeric UID:GID, e.g. 0:0")
+        if step.run is not None and not step.run.strip():
+            err(loc + ("run",), f"{where}.run: empty command")
 
 
 def _check_overlay(ov: Overlay, base: Loc, err) -> None:

@@ -1,9 +1,10 @@
 """lamina's pyinfra fact and operation.
 
-The fact reads a host in one command; the operation compares and yields at most one
-command (a script that closes the whole gap). pyinfra calls an operation's generator
-once to detect changes and again to execute, reading the fact each time, so a no-op
-run costs two remote commands per host and an apply acts on fresh state.
+The fact reads a host in one command; the operation compares and yields what closes
+the gap: first, when layers are missing, a FunctionCommand that ships or builds them,
+then one shell script for directories and mounts. pyinfra calls an operation's
+generator once to detect changes and again to execute, reading the fact each time, so
+a no-op run costs two remote commands per host and an apply acts on fresh state.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from pyinfra import host
-from pyinfra.api import FactBase, StringCommand, operation
+from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 
 from . import diff as diffing
 from . import facts
+from .materialize import known, materialize
 from .plan import HostPlan
 
-Recorder = Callable[[str, diffing.Result], None]
+Recorder = Callable[[str, HostPlan, facts.HostState, diffing.Result], None]
 
 
 class LaminaState(FactBase):
@@ -32,17 +35,30 @@ class LaminaState(FactBase):
 
 @operation(is_idempotent=True)
 def converge(plans: Mapping[str, HostPlan], record: Recorder | None = None):
-    """Bring this host to its plan: create directories, (re)mount, purge."""
+    """Bring this host to its plan: layers, directories, mounts, purges."""
     plan = plans.get(host.name)
     if plan is None:
         return
-    result = diffing.diff(plan, host.get_fact(LaminaState, plan=plan))
+    actual = host.get_fact(LaminaState, plan=plan)
+    result = diffing.diff(plan, actual)
     if record is not None:
-        record(host.name, result)
+        record(host.name, plan, actual, result)
     if result.errors:
         # Refuse the whole host before touching it; the message reaches the user.
         yield StringCommand("printf", "'lamina: %s\\n'", *map(diffing.q, result.errors), ">&2;", "exit 1")
-    elif result.changes:
+        return
+    if result.materialize:
+        view = diffing.Host(plan, actual)
+        args = {k: v for k, v in (host.current_op_global_arguments or {}).items() if k in CONNECTOR_ARGUMENT_KEYS}
+        yield FunctionCommand(materialize, (plan, result.materialize, view.names,
+                                            known(view, plan.layers.values()), args), {})
+        # the layers are there now: compare again to mount what waited for them
+        result = diffing.diff(plan, host.get_fact(LaminaState, plan=plan))
+        if result.errors or result.materialize:
+            problems = result.errors or [f"{m.ref.label}: still missing after shipping" for m in result.materialize]
+            yield StringCommand("printf", "'lamina: %s\\n'", *map(diffing.q, problems), ">&2;", "exit 1")
+            return
+    if result.changes:
         yield StringCommand(diffing.script(result))
-    else:
+    elif not result.materialize:
         host.noop("lamina: no changes")

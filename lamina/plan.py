@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .loader import inner_target
+from .images import ImagePlan, LayerRef
+from .loader import container_target
 from .spec import Spec
 
 STATE_MODE = 0o700  # state dirs are root-only
@@ -36,6 +37,7 @@ class MountWant:
     work: str | None = None
     read_only: bool = False
     options: tuple[str, ...] = ()  # extra filesystem options (tmpfs size=, mode=)
+    layers: tuple[LayerRef, ...] = ()  # an image's layers, highest first (instead of lower)
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,15 @@ class Item:
     force: bool = False
     parent: str | None = None  # target of the overlay this mount lies in
     files: tuple[tuple[str, str], ...] = ()  # small managed files: (path, one-line content)
+    layer: LayerRef | None = None  # a layer that must be on the host
+    volume: str | None = None  # the volume a mount inside a tree mounts
 
     @property
     def key(self) -> str:
+        if self.layer is not None:
+            return self.layer.label
+        if self.kind == "container":
+            return f"container {self.name}"
         return f"{self.kind} {self.mount.target if self.mount else self.name}"
 
 
@@ -59,9 +67,20 @@ class Item:
 class HostPlan:
     state_dir: str
     items: tuple[Item, ...]
+    images: dict[str, ImagePlan] = field(default_factory=dict)
+    gc: bool = False  # compare only the layer store: remove layers nothing uses
+
+    @property
+    def layers(self) -> dict[str, LayerRef]:
+        return {i.layer.key: i.layer for i in self.items if i.layer is not None}
+
+    def cache_file(self, ref: LayerRef) -> str:
+        return posixpath.join(self.state_dir, "cache", ref.key)
 
     def files(self) -> list[str]:
-        return [path for item in self.items for path, _ in item.files]
+        """Small files whose content the facts report: managed files and build-cache entries."""
+        managed = [path for item in self.items for path, _ in item.files]
+        return managed + [self.cache_file(ref) for ref in self.layers.values() if ref.run is not None]
 
     def paths(self) -> list[str]:
         """Every path whose state the facts must report, in a stable order."""
@@ -89,10 +108,14 @@ def depth(path: str) -> int:
     return path.rstrip("/").count("/")
 
 
-def plan(spec: Spec) -> HostPlan:
+def plan(spec: Spec, images: dict[str, ImagePlan] | None = None) -> HostPlan:
+    """The host state a spec asks for. `images`: the spec's images resolved on the
+    controller (images.resolve); needed when the spec has images."""
     sd = spec.state_dir
+    images = images or {}
     state_dirs = (Dir(sd, STATE_MODE), Dir(posixpath.join(sd, "volumes"), STATE_MODE))
     volumes: dict[str, Item] = {}
+    layers: dict[str, Item] = {}
     mounts: list[Item] = []
 
     def volume(name: str, labels: dict[str, str], state: str = "present", purge: bool = False):
@@ -103,6 +126,32 @@ def plan(spec: Spec) -> HostPlan:
             purge=(vdir,) if purge else (),
             files=((f"{vdir}/labels.json", json.dumps(labels, sort_keys=True)),) if state == "present" else (),
         )
+
+    def inside(owner: str, target: str, spec_mounts, state: str, force: bool) -> None:
+        """The volumes, binds and tmpfs mounted inside an overlay's or container's tree."""
+        for m in spec_mounts:
+            where = posixpath.join(target, m.target.lstrip("/"))
+            dirs, options = [], []
+            if m.type == "volume":
+                if m.source not in volumes and state == "present":
+                    volume(m.source, {})  # mounting an undeclared volume creates it, as in Docker
+                source = f"{volume_dir(sd, m.source)}/_data"
+            elif m.type == "bind":
+                source = m.source
+                dirs.append(Dir(source, create=m.bind.create_host_path))
+            else:
+                source = "tmpfs"
+                if m.tmpfs.size is not None:
+                    options.append(f"size={m.tmpfs.size}")
+                if m.tmpfs.mode is not None:
+                    options.append(f"mode={m.tmpfs.mode:o}")
+            mounts.append(Item(
+                "mount", f"{owner}:{m.target}", state,
+                dirs=tuple(dirs + [Dir(where)]) if state == "present" else (),
+                mount=MountWant("bind" if m.type != "tmpfs" else "tmpfs", where, source,
+                                read_only=m.read_only, options=tuple(options)),
+                force=force, parent=target, volume=m.source if m.type == "volume" else None,
+            ))
 
     for name, v in spec.volumes.items():
         volume(name, v.labels, v.state, v.purge and v.state == "absent")
@@ -119,30 +168,7 @@ def plan(spec: Spec) -> HostPlan:
             purge=tuple(p for p in (ov.upper, ov.work) if p) if ov.purge and ov.state == "absent" else (),
             force=ov.force,
         ))
-        for m in ov.mounts:
-            target = inner_target(ov, m.target)
-            dirs, options = [], []
-            if m.type == "volume":
-                if m.source not in volumes and ov.state == "present":
-                    # mounting an undeclared volume creates it (Docker does the same)
-                    volume(m.source, {})
-                source = f"{volume_dir(sd, m.source)}/_data"
-            elif m.type == "bind":
-                source = m.source
-                dirs.append(Dir(source, create=m.bind.create_host_path))
-            else:
-                source = "tmpfs"
-                if m.tmpfs.size is not None:
-                    options.append(f"size={m.tmpfs.size}")
-                if m.tmpfs.mode is not None:
-                    options.append(f"mode={m.tmpfs.mode:o}")
-            mounts.append(Item(
-                "mount", f"{name}:{m.target}", ov.state,
-                dirs=tuple(dirs + [Dir(target)]) if ov.state == "present" else (),
-                mount=MountWant("bind" if m.type != "tmpfs" else "tmpfs", target, source,
-                                read_only=m.read_only, options=tuple(options)),
-                force=ov.force, parent=ov.target,
-            ))
+        inside(name, ov.target, ov.mounts, ov.state, ov.force)
 
     for name, b in spec.binds.items():
         mounts.append(Item(
@@ -152,6 +178,26 @@ def plan(spec: Spec) -> HostPlan:
             force=b.force,
         ))
 
+    for image in images.values():  # every declared image is made ready, used or not
+        for ref in image.layers:
+            layers.setdefault(ref.key, Item("layer", ref.source, layer=ref))
+
+    containers_dir = posixpath.join(sd, "containers")
+    for name, c in spec.containers.items():
+        cdir = posixpath.join(containers_dir, name)
+        target = container_target(spec, name)
+        upper, work = f"{cdir}/upper", f"{cdir}/work"
+        mounts.append(Item(
+            "container", name, c.state,
+            dirs=(Dir(containers_dir, STATE_MODE), Dir(cdir, STATE_MODE), Dir(upper), Dir(work, new_mode=0o700),
+                  Dir(target)) if c.state == "present" else (),
+            mount=MountWant("overlay", target, "overlay", upper=upper, work=work,
+                            layers=tuple(reversed(images[c.image].layers)) if c.image in images else ()),
+            purge=(cdir,) if c.purge and c.state == "absent" else (),
+            force=c.force,
+        ))
+        inside(name, target, c.mounts, c.state, c.force)
+
     # Outer mounts before inner ones; the sort is stable, so spec order breaks ties.
     mounts.sort(key=lambda i: depth(i.mount.target))
-    return HostPlan(sd, tuple(volumes.values()) + tuple(mounts))
+    return HostPlan(sd, tuple(volumes.values()) + tuple(layers.values()) + tuple(mounts), images)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import loader
+from . import images, loader
 from .diff import Result
 from .errors import LaminaError, SpecInvalid
+from .facts import HostState
 from .plan import HostPlan, plan
 
 ROLES_DIR = Path("roles")
@@ -46,7 +47,8 @@ def host_plan(name: str, data: dict[str, Any], specs: Sequence[str | Path] | Non
     paths = list(specs) if specs else role_specs(data.get("lamina_roles", []), roles_dir)
     if not paths:
         raise LaminaError(f"{name}: no spec given and no lamina_roles in its inventory data")
-    return plan(loader.load(paths, host_variables(name, data)).spec)
+    loaded = loader.load(paths, host_variables(name, data))
+    return plan(loaded.spec, images.resolve(loaded) if loaded.spec.images else {})
 
 
 def load_inventory(path: str):
@@ -74,6 +76,8 @@ class HostReport:
     name: str
     result: Result | None = None
     error: str | None = None
+    plan: HostPlan | None = None
+    actual: HostState | None = None
 
     @property
     def changed(self) -> int:
@@ -84,8 +88,9 @@ class HostReport:
 class Report:
     hosts: dict[str, HostReport] = field(default_factory=dict)
 
-    def record(self, name: str, result: Result) -> None:
-        self.hosts.setdefault(name, HostReport(name)).result = result
+    def record(self, name: str, plan: HostPlan, actual: HostState, result: Result) -> None:
+        report = self.hosts.setdefault(name, HostReport(name))
+        report.plan, report.actual, report.result = plan, actual, result
 
     def fail(self, name: str, error: str) -> None:
         self.hosts.setdefault(name, HostReport(name)).error = error
@@ -134,8 +139,9 @@ class _Errors(logging.Handler):
 
 
 def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = False,
-        limit: Sequence[str] = ()) -> Report:
-    """Plan (and with apply=True, execute) on every host of the inventory."""
+        limit: Sequence[str] = (), gc: bool = False) -> Report:
+    """Plan (and with apply=True, execute) on every host of the inventory. `gc`: instead,
+    remove layers that nothing in the specs (nor any mounted overlay) uses."""
     inventory = load_inventory(inventory_path)
     hosts = [h for h in inventory if not limit or h.name in limit]
     if limit and not hosts:
@@ -144,7 +150,7 @@ def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = 
     errors = []
     for h in hosts:
         try:
-            plans[h.name] = host_plan(h.name, h.data.dict(), specs)
+            plans[h.name] = replace(host_plan(h.name, h.data.dict(), specs), gc=gc)
         except SpecInvalid as e:
             errors += [err for err in e.errors if err not in errors]
     if errors:
@@ -189,6 +195,7 @@ def _execute(inventory, hosts, plans: dict[str, HostPlan], *, apply: bool, sudo:
             for h, meta in results.items():
                 if h in state.failed_hosts and h.name not in {r.name for r in report.failed}:
                     lines = meta.stderr_lines if meta.is_complete() else []
+                    lines = [*getattr(h, "lamina_failures", []), *lines]
                     stderr = "; ".join(line.strip().removeprefix("lamina: ") for line in lines if line.strip())
                     report.fail(h.name, stderr or errors.about(h.name))
         else:
@@ -200,3 +207,56 @@ def _execute(inventory, hosts, plans: dict[str, HostPlan], *, apply: bool, sudo:
         disconnect_all(state)
         pyinfra_log.removeHandler(errors)
     return report
+
+
+def inspect(inventory_path: str, specs: Sequence[str], container: str, *, sudo: bool = False,
+            limit: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """`docker inspect`-like records of one container, one per host that has it in its spec."""
+    from .diff import Host
+
+    report = run(inventory_path, specs, apply=False, sudo=sudo, limit=limit)
+    out = []
+    for h in report.hosts.values():
+        if h.error:
+            raise LaminaError(f"{h.name}: {h.error}")
+        items = [i for i in h.plan.items if i.kind == "container" and i.name == container] if h.plan else []
+        if not items:
+            continue
+        item, view = items[0], Host(h.plan, h.actual)
+        want = item.mount
+        lower = view.lower(want)
+        stack = h.actual.stack(want.target)
+        top = stack[-1] if stack else None
+        image = next(name for name, img in h.plan.images.items() if tuple(reversed(img.layers)) == want.layers)
+        digests = [view.digest(ref) for ref in h.plan.images[image].layers]
+        chain = images.chain_id(h.plan.images[image], {ref.key: d for ref, d in
+                                                       zip(h.plan.images[image].layers, digests, strict=True) if d})
+        inner = [i for i in h.plan.items if i.kind == "mount" and i.parent == want.target]
+        out.append({
+            "Name": container,
+            "Host": h.name,
+            "Image": image,
+            "ImageID": chain,
+            "State": {"Status": "mounted" if top and top.fstype == "overlay" else "not mounted",
+                      "UpToDate": not [c for c in h.result.changes if c.key == item.key]},
+            "GraphDriver": {"Name": "overlay", "Data": {
+                "LowerDir": ":".join(lower.paths) if lower else None,
+                "UpperDir": want.upper, "WorkDir": want.work, "MergedDir": want.target,
+            }},
+            "MountForm": ("lowerdir= of short links, mounted from " + lower.cwd) if lower else None,
+            "RootFS": {"Type": "layers", "Layers": [f"sha256:{d}" if d else None for d in digests]},
+            "Mounts": [_mount_record(i, want.target) for i in inner],
+        })
+    if not out:
+        raise LaminaError(f"no container {container!r} in the specs of the selected hosts")
+    return out
+
+
+def _mount_record(item, root: str) -> dict[str, Any]:
+    m = item.mount
+    kind = "volume" if item.volume else m.fstype
+    record = {"Type": kind, "Source": m.source if kind != "tmpfs" else "",
+              "Destination": "/" + m.target[len(root):].lstrip("/"), "RW": not m.read_only}
+    if item.volume:
+        record["Name"] = item.volume
+    return record

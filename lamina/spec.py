@@ -75,7 +75,7 @@ State = Literal["present", "absent"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
 
 
 class VolumeOptions(_Model):
@@ -170,13 +170,56 @@ class Bind(_Model):
     force: bool = Field(False, description="Detach lazily when the mount is busy.")
 
 
+class CopyStep(_Model):
+    src: str = Field(description="File or directory, relative to the spec's files/ (or the spec's) directory.")
+    dest: str = Field(description="Where in the image; a trailing / copies a file into that directory.")
+    mode: int | None = Field(None, description="Permission bits for copied files, e.g. 0o644 or 420.")
+    owner: str | None = Field(None, description="Numeric UID:GID of copied entries (default 0:0).")
+
+
+class AddStep(_Model):
+    src: str = Field(description="A tar archive (plain, gzip, bzip2, xz or zstd), relative like copy's src.")
+    dest: str = Field("/", description="Where it is extracted in the image.")
+
+
+class Step(_Model):
+    """One build step, making one layer: exactly one of copy, add, run."""
+
+    copy_: CopyStep | None = Field(None, alias="copy", description="Docker COPY.")
+    add: AddStep | None = Field(None, description="Docker ADD of a local archive: extracted at dest.")
+    run: str | None = Field(None, description="Shell command run in a chroot of the parent image.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment of a run step.")
+    workdir: str | None = Field(None, description="Working directory of a run step (created if missing).")
+
+
+class Image(_Model):
+    from_: str = Field(
+        "scratch", alias="from",
+        description="scratch, another image's name, docker-archive:PATH, oci-archive:PATH or oci-layout:DIR.",
+    )
+    steps: list[Step] = Field(default_factory=list, description="Each step adds one layer.")
+
+
+class Container(_Model):
+    image: Name = Field(description="An image of this spec.")
+    target: Target | None = Field(None, description="Merged dir (default <state_dir>/containers/NAME/merged).")
+    mounts: list[ShortOrLongMount] = Field(
+        default_factory=list, description="Volumes, binds and tmpfs inside the container's tree."
+    )
+    state: State = "present"
+    purge: bool = Field(False, description="With state absent: delete the writable layer.")
+    force: bool = Field(False, description="Detach lazily when the mount is busy.")
+
+
 class Spec(_Model):
     """A whole spec: one or more files merged."""
 
-    state_dir: Path = Field(DEFAULT_STATE_DIR, description="Where lamina keeps volumes and state.")
+    state_dir: Path = Field(DEFAULT_STATE_DIR, description="Where lamina keeps layers, volumes and containers.")
     volumes: dict[Name, Volume] = Field(default_factory=dict)
     overlays: dict[Name, Overlay] = Field(default_factory=dict)
     binds: dict[Name, Bind] = Field(default_factory=dict)
+    images: dict[Name, Image] = Field(default_factory=dict)
+    containers: dict[Name, Container] = Field(default_factory=dict)
 
 
 SHORT_MOUNT_SCHEMA = {
@@ -191,6 +234,7 @@ def json_schema() -> dict[str, Any]:
     schema = Spec.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "lamina spec"
-    mounts = schema["$defs"]["Overlay"]["properties"]["mounts"]
-    mounts["items"] = {"anyOf": [SHORT_MOUNT_SCHEMA, mounts["items"]]}
+    for owner in ("Overlay", "Container"):
+        mounts = schema["$defs"][owner]["properties"]["mounts"]
+        mounts["items"] = {"anyOf": [SHORT_MOUNT_SCHEMA, mounts["items"]]}
     return schema

@@ -17,6 +17,7 @@ import pytest
 import testinfra
 
 from lamina import diff, facts
+from lamina.materialize import command
 from lamina.plan import HostPlan, Item
 from lamina.runner import host_plan, load_inventory
 
@@ -79,13 +80,23 @@ exit $bad
 """
 
 
-@pytest.mark.parametrize(("name", "item"), cases("overlay"))
+@pytest.mark.parametrize(("name", "item"), cases("overlay") + cases("container"))
 def test_merged_view_shows_highest_layer(name: str, item: Item) -> None:
     m = item.mount
-    layers = [p for p in (m.upper, *m.lower) if p]
+    lower = diff.Host(plans()[name], state(name)).lower(m)
+    assert lower is not None, "image layers missing"
+    layers = [p for p in (m.upper, *lower.paths) if p]
     args = " ".join(shlex.quote(a) for a in (m.target, *layers))
     out = host(name).run(f"sh -c {shlex.quote(MERGED_CHECK)} lamina-check {args}")
     assert out.rc == 0, out.stdout.strip() or out.stderr.strip()
+
+
+@pytest.mark.parametrize(("name", "item"), cases("layer"))
+def test_layer_content_unchanged(name: str, item: Item) -> None:
+    digest = diff.Host(plans()[name], state(name)).digest(item.layer)
+    assert digest, f"{item.layer.label}: not built on this host"
+    out = host(name).run(command("checkseal", plans()[name].state_dir, digest))
+    assert out.rc == 0 and not out.stdout.strip(), out.stdout.strip() or out.stderr.strip()
 
 
 @pytest.mark.parametrize(("name", "item"), cases("volume"))

@@ -119,3 +119,47 @@ def lab():
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+
+
+# --------------------------------------------------------------------------------------------
+# Docker Engine as a reference (DESIGN.md §8): a private dockerd for the session.
+
+
+@pytest.fixture(scope="session")
+def dockerd():
+    """A private Docker Engine (tests/dockerlib.py ``Dockerd``) for the whole session.
+
+    Installs Debian's docker.io and busybox-static if missing, starts dockerd on a fresh data root
+    under /var/lib/lamina-test-docker (real disk; removed at the end, as are roots left by killed
+    sessions), with no firewall/bridge changes. Fails, never skips, if Docker cannot start here.
+    """
+    import sys
+    import tempfile
+    import time
+
+    if str(HERE.parent) not in sys.path:  # tests/, for ``import dockerlib`` (as test modules do)
+        sys.path.append(str(HERE.parent))
+    import dockerlib
+
+    if os.geteuid() != 0:
+        pytest.fail("the dockerd fixture needs root: run pytest as root", pytrace=False)
+    t0 = time.monotonic()
+    try:
+        installed = dockerlib.ensure_docker_installed()
+    except RuntimeError as e:
+        pytest.fail(f"cannot install Docker: {e}", pytrace=False)
+    install_seconds = time.monotonic() - t0
+
+    dockerlib.DEFAULT_BASE.mkdir(parents=True, exist_ok=True)
+    dockerlib.sweep_stale_roots(dockerlib.DEFAULT_BASE)
+    root = Path(tempfile.mkdtemp(prefix="s-", dir=dockerlib.DEFAULT_BASE))
+    daemon = dockerlib.Dockerd(root)
+    daemon.installed, daemon.install_seconds = installed, install_seconds
+    try:
+        try:
+            daemon.start()
+        except RuntimeError as e:
+            pytest.fail(f"cannot start dockerd: {e}", pytrace=False)
+        yield daemon
+    finally:
+        daemon.destroy()

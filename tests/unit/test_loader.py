@@ -185,7 +185,7 @@ def test_non_utf8_and_missing_file(tmp_path):
 
 def test_schema_is_json_and_knows_every_section():
     schema = json.loads(json.dumps(json_schema()))
-    assert set(schema["properties"]) == {"state_dir", "volumes", "overlays", "binds"}
+    assert set(schema["properties"]) == {"state_dir", "volumes", "overlays", "binds", "images", "containers"}
     assert schema["$defs"]["Overlay"]["additionalProperties"] is False
     items = schema["$defs"]["Overlay"]["properties"]["mounts"]["items"]
     assert items["anyOf"][0]["type"] == "string"

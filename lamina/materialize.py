@@ -1,0 +1,114 @@
+"""Putting layers on a host: ship the ones built on the controller, build run steps on
+the host, and recreate lost short links. Runs inside the converge operation (as a
+pyinfra FunctionCommand) before the mounts, which need the layers.
+
+Each host-side step is a script from `lamina/sh/` (POSIX sh, coreutils, util-linux,
+GNU tar). A layer is unpacked or built in `<state_dir>/staging` and renamed into
+`<state_dir>/layers/<digest>` only when complete.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from collections.abc import Iterable, Mapping
+from functools import cache
+from pathlib import Path
+
+from .diff import Host, Materialize
+from .images import DEFAULT_PATH, LayerRef
+from .plan import HostPlan
+
+SCRIPTS = Path(__file__).with_name("sh")
+
+
+@cache
+def _script(name: str) -> str:
+    return "SD=$1; shift\n" + (SCRIPTS / "common.sh").read_text() + (SCRIPTS / f"{name}.sh").read_text()
+
+
+def command(name: str, state_dir: str, *args: str) -> str:
+    """`sh -c SCRIPT lamina-NAME STATE_DIR ARGS...` with every argument quoted."""
+    return " ".join(["sh", "-c", shlex.quote(_script(name)), f"lamina-{name}",
+                     *(shlex.quote(a) for a in (state_dir, *args))])
+
+
+def run_script(ref: LayerRef) -> str:
+    """What /bin/sh -c runs for a run step: cd to its workdir (made if missing), then the command."""
+    workdir = ref.run.workdir or "/"
+    return f"mkdir -p -- {shlex.quote(workdir)} && cd -- {shlex.quote(workdir)} || exit 1\n{ref.run.command}"
+
+
+def run_args(ref: LayerRef, lowers: Iterable[str]) -> list[str]:
+    env = [f"{k}={v}" for k, v in ref.run.env]
+    if not any(e.startswith("PATH=") for e in env):
+        env.insert(0, f"PATH={DEFAULT_PATH}")
+    return [ref.key, run_script(ref), str(len(env)), *env, *lowers]
+
+
+def parse_layers(lines: Iterable[str]) -> dict[str, str]:
+    """The `LAYER <digest> <short link>` lines the host scripts print."""
+    out = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "LAYER":
+            out[parts[1]] = parts[2]
+    return out
+
+
+class Failed(Exception):
+    pass
+
+
+def materialize(state, host, plan: HostPlan, todo: list[Materialize], names: Mapping[str, str],
+                digests: Mapping[str, str], connector_args: dict) -> bool:
+    """pyinfra FunctionCommand body: do every step of `todo` in order, on this host."""
+    sd = plan.state_dir
+    names, digests = dict(names), dict(digests)  # digest → short link; run key → digest
+
+    def run(cmd: str) -> list[str]:
+        ok, output = host.run_shell_command(cmd, print_output=False, **connector_args)
+        if not ok:
+            message = "; ".join(line.strip() for line in output.stderr_lines if line.strip())
+            raise Failed(message or f"failed: {cmd[:80]}")
+        return output.stdout_lines
+
+    try:
+        relinks = [m.digest for m in todo if m.action == "relink"]
+        if relinks:
+            names.update(parse_layers(run(command("relink", sd, *relinks))))
+        for step in todo:
+            ref = step.ref
+            if step.action == "ship":
+                remote = posixpath.join(sd, "staging", f"{ref.digest}.tar")
+                run(f"mkdir -p -m 700 -- {shlex.quote(sd)} {shlex.quote(sd)}/staging")
+                if not host.put_file(str(ref.layer.path), remote, print_output=False, **connector_args):
+                    raise Failed(f"{ref.label}: upload failed")
+                names.update(parse_layers(run(command("ship", sd, ref.digest, ref.layer.sha256, remote))))
+            elif step.action == "build":
+                below = [plan.layers[k] for k in ref.below]
+                lowers = [names[ref_digest(b, digests)] for b in reversed(below)]
+                built = parse_layers(run(command("run", sd, *run_args(ref, lowers))))
+                names.update(built)
+                digests[ref.key] = next(iter(built))
+    except Failed as e:
+        import logging
+
+        host.log(f"lamina: {e}", log_func=logging.getLogger("pyinfra").error)
+        host.lamina_failures = [*getattr(host, "lamina_failures", []), str(e)]  # for lamina's report
+        return False
+    return True
+
+
+def ref_digest(ref: LayerRef, digests: Mapping[str, str]) -> str:
+    return ref.digest or digests[ref.key]
+
+
+def known(host_view: Host, refs: Iterable[LayerRef]) -> dict[str, str]:
+    """Run keys whose layers are on the host already: key → digest."""
+    out = {}
+    for ref in refs:
+        d = host_view.digest(ref)
+        if d and ref.run is not None:
+            out[ref.key] = d
+    return out

@@ -1,0 +1,8 @@
+# checkseal: SD HEX... — recompute each layer's seal; print the layers whose content changed.
+for hex in "$@"; do
+  d="$SD/layers/$hex"
+  [ -d "$d/diff" ] || { echo "$hex: missing"; continue; }
+  want=$(cat -- "$d/seal" 2>/dev/null || :)
+  got=$(seal "$d/diff")
+  [ "$got" = "$want" ] || echo "$hex: content changed (seal $got, recorded ${want:-none})"
+done

@@ -1,0 +1,46 @@
+# run: SD KEY SCRIPT NENV ENV... LOWER... — run SCRIPT with /bin/sh in a chroot of the
+# lowers (short link names, highest first); what it changes becomes a layer, recorded
+# in the build cache under KEY.
+key=$1 script=$2 nenv=$3
+store
+shift 3
+i=0 envs=""
+while [ "$i" -lt "$nenv" ]; do envs="$envs$1
+"; shift; i=$((i + 1)); done
+stage="$SD/staging/run-$key.$$"
+m="$stage/merged"
+cleanup() {
+  for p in "$m/proc/sys" "$m/proc" "$m/dev" "$m"; do umount -- "$p" 2>/dev/null || :; done
+  rm -rf -- "$stage"
+}
+trap cleanup EXIT
+# Mount points for /dev and /proc live in a layer of their own under the upper dir,
+# so they never land in the step's layer (Docker's "init layer").
+# shellcheck disable=SC2174
+mkdir -p -m 755 -- "$SD/init/dev" "$SD/init/proc"
+mkdir -m 700 -- "$stage"
+mkdir -m 755 -- "$stage/diff" "$stage/work" "$m"
+lower=../init
+for name in "$@"; do lower="$lower:$name"; done
+(cd "$SD/l" && mount -t overlay -o "lowerdir=$lower,upperdir=$stage/diff,workdir=$stage/work,index=off,redirect_dir=off,metacopy=off" lamina-build "$m") \
+  || fail "cannot mount the build overlay for step $key"
+mount -t tmpfs -o mode=755,size=1m lamina-dev "$m/dev"
+mknod -m 666 "$m/dev/null" c 1 3 && mknod -m 666 "$m/dev/zero" c 1 5
+mknod -m 666 "$m/dev/full" c 1 7 && mknod -m 666 "$m/dev/random" c 1 8
+mknod -m 666 "$m/dev/urandom" c 1 9 && mknod -m 666 "$m/dev/tty" c 5 0
+mount -t proc proc "$m/proc"
+mount --bind "$m/proc/sys" "$m/proc/sys" && mount -o remount,bind,ro "$m/proc/sys"
+[ -x "$m/bin/sh" ] || [ -L "$m/bin/sh" ] || fail "step $key: the image has no /bin/sh to run the step with"
+status=0
+# $envs splits on newlines only (IFS): one NAME=VALUE per line
+# shellcheck disable=SC2086
+(IFS='
+'; set -f; exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root $envs \
+  chroot "$m" /bin/sh -c "$script") || status=$?
+for p in "$m/proc/sys" "$m/proc" "$m/dev" "$m"; do umount -- "$p"; done
+[ "$status" = 0 ] || fail "run step failed with exit code $status"
+rm -rf -- "$stage/work" "$m"
+hex=$(seal "$stage/diff")  # a run layer is named by its seal: content-addressed on this host
+commit "$SD" "$stage" "$hex" "$hex"
+printf '%s\n' "$hex" > "$SD/cache/$key.tmp"
+mv -f -- "$SD/cache/$key.tmp" "$SD/cache/$key"
