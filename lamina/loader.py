@@ -268,7 +268,7 @@ def _model_at(loc: Loc) -> Any:
 def merge(specs: list[tuple[Document, Spec]]) -> LoadedSpec:
     """Several files make one spec; an object may be defined in one file only."""
     errors: list[SpecError] = []
-    merged: dict[str, dict[str, Any]] = {"volumes": {}, "overlays": {}, "binds": {}}
+    merged: dict[str, dict[str, Any]] = {k: {} for k in ("volumes", "overlays", "binds", "images", "containers")}
     owners: dict[Loc, Document] = {}
     state_dir: tuple[str, Document] | None = None
     for doc, spec in specs:

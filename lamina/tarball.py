@@ -456,6 +456,12 @@ def _open_tar(raw: IO[bytes], what: str, digest: list[str] | None = None) -> Ite
             tf = stack.enter_context(tarfile.open(fileobj=plain, mode="r:", encoding="utf-8",
                                                   errors="surrogateescape"))
             tf.getmembers()  # read every header now: a broken archive fails here, inside _bad_input
+            # tarfile takes a bad or cut header after the first member for the end of the archive;
+            # GNU tar would fail there. What follows the last member must be zero blocks or nothing.
+            plain.seek(tf.offset)
+            rest = plain.read(tarfile.BLOCKSIZE)
+            if rest and rest != bytes(tarfile.BLOCKSIZE):
+                raise ValueError(f"{what}: corrupt or truncated tar after byte {tf.offset}")
             yield tf
 
 
@@ -629,9 +635,13 @@ def from_archive(src: Path, dest: str = "/") -> Layer:
     mode, xattrs except trusted.overlay.*); dest and its missing parents are 0755 0:0, and so is any
     directory the archive leaves implicit. `.wh.*` entries are ordinary files here, as in Docker ADD
     (note: a consumer of the OCI form would read them as whiteouts, exactly as with Docker's own layers).
+    A character device 0/0 in the archive is a whiteout once it lies in an overlay layer, so it is
+    written as one in both forms (Docker's overlay2 diff would do the same).
     """
     src = Path(src)
     st = _source_stat(src, "archive")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"archive {src} is not a file")
     base = _dest_path(dest)
     key = ["from_archive", str(src.resolve()), _stat_id(st), base]
 

@@ -43,14 +43,8 @@ def state(name: str) -> facts.HostState:
     return facts.parse(out.stdout.splitlines())
 
 
-def cases(kind: str | None = None) -> list:
-    return [pytest.param(name, item, id=f"{name}: {item.key}")
-            for name, plan in plans().items() for item in plan.items
-            if kind is None or (item.kind == kind and item.state == "present")]
-
-
-@pytest.mark.parametrize(("name", "item"), cases())
-def test_object_as_specified(name: str, item: Item) -> None:
+def as_specified(name: str, item: Item) -> None:
+    """as specified"""
     result = diff.diff(plans()[name], state(name))
     problems = [e for e in result.errors if e.startswith(item.key + ":")]
     problems += [r for c in result.changes if c.key == item.key for r in c.reasons]
@@ -60,7 +54,7 @@ def test_object_as_specified(name: str, item: Item) -> None:
 # cksum, not cmp: hosts need only sh, coreutils and util-linux.
 # For each top-level name in the layers (highest first: upper, then lowers), the
 # first layer that has it decides: a file must read the same through the merged
-# view, a whiteout (char device 0/0 in upper) must hide it.
+# view, a whiteout (char device 0/0) must hide it.
 MERGED_CHECK = r"""
 m=$1; shift; seen=/; bad=0
 for layer in "$@"; do
@@ -80,8 +74,8 @@ exit $bad
 """
 
 
-@pytest.mark.parametrize(("name", "item"), cases("overlay") + cases("container"))
-def test_merged_view_shows_highest_layer(name: str, item: Item) -> None:
+def merged_view(name: str, item: Item) -> None:
+    """merged view shows the highest layer"""
     m = item.mount
     lower = diff.Host(plans()[name], state(name)).lower(m)
     assert lower is not None, "image layers missing"
@@ -91,20 +85,38 @@ def test_merged_view_shows_highest_layer(name: str, item: Item) -> None:
     assert out.rc == 0, out.stdout.strip() or out.stderr.strip()
 
 
-@pytest.mark.parametrize(("name", "item"), cases("layer"))
-def test_layer_content_unchanged(name: str, item: Item) -> None:
+def layer_sealed(name: str, item: Item) -> None:
+    """content unchanged"""
     digest = diff.Host(plans()[name], state(name)).digest(item.layer)
     assert digest, f"{item.layer.label}: not built on this host"
     out = host(name).run(command("checkseal", plans()[name].state_dir, digest))
     assert out.rc == 0 and not out.stdout.strip(), out.stdout.strip() or out.stderr.strip()
 
 
-@pytest.mark.parametrize(("name", "item"), cases("volume"))
-def test_volume_data_dir(name: str, item: Item) -> None:
-    data = host(name).file(item.dirs[-1].path)
-    assert data.is_directory, f"{item.dirs[-1].path} is not a directory"
+def volume_data(name: str, item: Item) -> None:
+    """data dir exists"""
+    assert host(name).file(item.dirs[-1].path).is_directory, f"{item.dirs[-1].path} is not a directory"
 
 
-@pytest.mark.parametrize(("name", "item"), cases("bind"))
-def test_bind_source_exists(name: str, item: Item) -> None:
+def bind_source(name: str, item: Item) -> None:
+    """source exists"""
     assert host(name).file(item.mount.source).exists, f"{item.mount.source} does not exist"
+
+
+# Checks made on their own, beside the shared comparison, per kind of present object.
+CHECKS = {"overlay": [merged_view], "container": [merged_view], "layer": [layer_sealed],
+          "volume": [volume_data], "bind": [bind_source]}
+
+
+def cases() -> list:
+    out = []
+    for name, plan in plans().items():
+        for item in plan.items:
+            checks = [as_specified] + (CHECKS.get(item.kind, []) if item.state == "present" else [])
+            out += [pytest.param(name, item, check, id=f"{name}: {item.key}: {check.__doc__}") for check in checks]
+    return out
+
+
+@pytest.mark.parametrize(("name", "item", "check"), cases())
+def test_host(name: str, item: Item, check) -> None:
+    check(name, item)

@@ -7,5 +7,5 @@ got=$(sha256sum < "$tarball" | cut -c1-64)
 [ "$got" = "$sum" ] || fail "layer $hex: the upload is corrupt (sha256 $got, want $sum)"
 mkdir -m 700 -- "$stage"
 mkdir -m 755 -- "$stage/diff"
-tar -x --xattrs --xattrs-include='trusted.*' --numeric-owner -p -f "$tarball" -C "$stage/diff"
+tar -x --xattrs --xattrs-include='trusted.*' --xattrs-include='security.capability' --numeric-owner -p -f "$tarball" -C "$stage/diff"
 commit "$SD" "$stage" "$hex"
