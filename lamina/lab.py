@@ -344,3 +344,22 @@ def register(subparsers) -> None:
         help="command and arguments (default: interactive shell)",
     )
     p.set_defaults(func=_guard(_cmd_ssh))
+
+    p = sub.add_parser(
+        "rootfs",
+        help="write a tiny busybox root filesystem tar, a base image to try images with",
+        description="Write OUT: a small root filesystem tar built from Debian's static busybox "
+        "(apt-get install busybox-static), e.g. for `images: {base: {steps: [{add: {src: OUT}}]}}`.",
+    )
+    p.add_argument("out", metavar="OUT", help="the tar file to write")
+    p.set_defaults(func=_guard(_cmd_rootfs))
+
+
+def _cmd_rootfs(args) -> int:
+    from .rootfs import busybox_rootfs
+
+    try:
+        print(busybox_rootfs(args.out))
+    except (RuntimeError, OSError) as e:
+        raise LabError(str(e)) from None
+    return 0

@@ -77,15 +77,20 @@ def materialize(state, host, plan: HostPlan, todo: list[Materialize], names: Map
         relinks = [m.digest for m in todo if m.action == "relink"]
         if relinks:
             names.update(parse_layers(run(command("relink", sd, *relinks))))
-        for step in todo:
-            ref = step.ref
-            if step.action == "ship":
-                remote = posixpath.join(sd, "staging", f"{ref.digest}.tar")
-                run(f"mkdir -p -m 700 -- {shlex.quote(sd)} {shlex.quote(sd)}/staging")
+        ships = [m.ref for m in todo if m.action == "ship"]
+        if ships:  # upload them all over one SFTP session, then unpack them in one command
+            staging = posixpath.join(sd, "staging")
+            run(f"mkdir -p -m 700 -- {shlex.quote(sd)} && mkdir -p -m 700 -- {shlex.quote(staging)}")
+            args = []
+            for ref in ships:
+                remote = posixpath.join(staging, f"{ref.digest}.tar")
                 if not host.put_file(str(ref.layer.path), remote, print_output=False, **connector_args):
                     raise Failed(f"{ref.label}: upload failed")
-                names.update(parse_layers(run(command("ship", sd, ref.digest, ref.layer.sha256, remote))))
-            elif step.action == "build":
+                args += [ref.digest, ref.layer.sha256, remote]
+            names.update(parse_layers(run(command("ship", sd, *args))))
+        for step in todo:
+            ref = step.ref
+            if step.action == "build":
                 below = [plan.layers[k] for k in ref.below]
                 lowers = [names[ref_digest(b, digests)] for b in reversed(below)]
                 built = parse_layers(run(command("run", sd, *run_args(ref, lowers))))

@@ -10,6 +10,8 @@ for pair in sshd:openssh-server ssh:openssh-client ip:iproute2 unshare:util-linu
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need_apt+=("${pair#*:}")
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+# a static busybox makes the demo's base image (lamina lab rootfs)
+dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -13,6 +13,9 @@ requests() {  # remote commands (ssh session requests) each host has served so f
   python -c 'import sys, lamina.lab as l; print(" ".join(str(len(l.exec_requests(h.name))) for h in l.hosts()))'
 }
 
+say "a base image to start from: a busybox root filesystem as a tar"
+lamina lab rootfs roles/demo/files/rootfs.tar
+
 say "starting 3 test hosts (network + mount namespaces, each with its own sshd)"
 lamina lab up -n 3
 
@@ -41,10 +44,17 @@ lamina verify -i "$inv" -q
 say "the highest layer wins: lab1:/srv/demo/merged/layer.txt says"
 lamina lab ssh lab1 cat /srv/demo/merged/layer.txt
 
+say "two containers, one image: web1 and web2 share the image's layer directories"
+lamina inspect -i "$inv" web1 --host lab1
+lamina lab ssh lab1 'M=/var/lib/lamina/containers; echo hello > $M/web1/merged/tmp/only-in-web1;
+  echo "web1: $(cat $M/web1/merged/etc/motd)"; ls $M/web2/merged/tmp/only-in-web1 2>&1 | sed "s/^/web2: /"'
+
 cat <<TXT
 
 Look around:
   lamina lab ssh lab1 'findmnt -R /srv/demo/merged'    the overlay and the mounts inside it
+  lamina lab ssh lab1 chroot /var/lib/lamina/containers/web1/merged sh    a shell in a container's tree
+  lamina gc -i $inv                        layers no image uses (--yes removes them)
   lamina lab ssh lab2 umount -R /srv/demo/merged       make some drift, then:
   lamina plan  -i $inv                     names exactly that overlay on lab2
   lamina apply -i $inv                     repairs only it

@@ -163,3 +163,15 @@ def dockerd():
         yield daemon
     finally:
         daemon.destroy()
+
+
+@pytest.fixture(scope="session")
+def demo_rootfs() -> Path:
+    """roles/demo/files/rootfs.tar, the demo's base image (made as `lamina lab rootfs` does)."""
+    from lamina.rootfs import busybox_rootfs
+
+    path = REPO / "roles" / "demo" / "files" / "rootfs.tar"
+    try:
+        return busybox_rootfs(path)
+    except RuntimeError as e:
+        pytest.fail(f"cannot make the demo's rootfs: {e}", pytrace=False)

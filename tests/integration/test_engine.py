@@ -6,6 +6,7 @@ Each test starts from clean hosts (no lamina mounts, empty /srv, /mnt, state dir
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "roles" / "demo" / "spec.yml"
 
 CLEAN = r"""
-for m in $(awk '$5 ~ "^/(srv|mnt)/" {print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m"; done
+for m in $(awk '$5 ~ "^/(srv|mnt|var/lib/lamina)/" {print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m"; done
 rm -rf /srv/* /mnt/* /var/lib/lamina/*
 for i in 1 2 3; do mkdir -p /srv/demo/low$i; echo "from low$i" > /srv/demo/low$i/layer.txt; done
 echo only-low1 > /srv/demo/low1/f1.txt
@@ -33,8 +34,16 @@ def lamina(*args: str, check: int | None = 0) -> subprocess.CompletedProcess:
     return out
 
 
+def demo_copy(tmp_path: Path, text: str) -> Path:
+    """A changed copy of the demo spec that still finds the demo's files/."""
+    (tmp_path / "files").symlink_to(DEMO.parent / "files")
+    spec = tmp_path / "spec.yml"
+    spec.write_text(text)
+    return spec
+
+
 @pytest.fixture
-def hosts(lab):
+def hosts(lab, demo_rootfs):
     """Clean test hosts, with a file in each of the demo's lower dirs."""
     for h in lab.hosts:
         r = lab.run(h, CLEAN)
@@ -59,7 +68,8 @@ def mounts(lab, host: str) -> list[str]:
 def test_converge_then_noop_with_at_most_two_remote_commands(hosts):
     lab = hosts
     first = changes(lab)
-    assert all(len(r["changed"]) == 6 and not r["failed"] for r in first.values()), first
+    assert all(r["changed"] and not r["unchanged"] and not r["failed"] for r in first.values()), first
+    n = len(first[lab.hosts[0]]["changed"])
     for h in lab.hosts:
         assert lab.run(h, "cat /srv/demo/merged/layer.txt").stdout == "from low3\n"  # highest wins
         assert lab.run(h, "cat /srv/demo/merged/f1.txt").stdout == "only-low1\n"
@@ -67,7 +77,7 @@ def test_converge_then_noop_with_at_most_two_remote_commands(hosts):
                                        "/srv/demo/merged/scratch", "/mnt/demo-shared"}
     marks = {h: lab.mark(h) for h in lab.hosts}
     second = lamina("apply", "-i", str(lab.inventory))
-    assert [line for line in second.stdout.splitlines()] == [f"{h}: 0 changed, 6 unchanged" for h in lab.hosts]
+    assert second.stdout.splitlines() == [f"{h}: 0 changed, {n} unchanged" for h in lab.hosts]
     for h in lab.hosts:
         n = len(lab.exec_requests(h, marks[h]))
         assert 1 <= n <= 2, f"{h}: a no-op run issued {n} remote commands"
@@ -116,8 +126,7 @@ def test_deleted_work_dir_is_repaired(hosts):
 def test_changed_spec_changes_exactly_what_differs(hosts, tmp_path):
     lab = hosts
     changes(lab)
-    spec = tmp_path / "spec.yml"
-    spec.write_text(DEMO.read_text().replace("    read_only: true\n", "    read_only: false\n"))
+    spec = demo_copy(tmp_path, DEMO.read_text().replace("    read_only: true\n", "    read_only: false\n"))
     assert changed_objects(changes(lab, spec=spec)) == {h: ["bind /mnt/demo-shared"] for h in lab.hosts}
     h = lab.hosts[0]
     assert lab.run(h, "touch /mnt/demo-shared/rw-now").returncode == 0
@@ -128,9 +137,8 @@ def test_absent_unmounts_and_keeps_data_then_purge_deletes_it(hosts, tmp_path):
     changes(lab)
     h = lab.hosts[0]
     lab.run(h, "echo precious > /srv/demo/merged/written.txt && echo vol > /srv/demo/merged/data/v.txt")
-    spec = tmp_path / "spec.yml"
     text = DEMO.read_text().replace("    label: demo\n", "    label: demo\n    state: absent\n")
-    spec.write_text(text)
+    spec = demo_copy(tmp_path, text)
     report = changes(lab, spec=spec)
     assert "overlay /srv/demo/merged" in changed_objects(report)[h]
     assert mounts(lab, h) == ["/mnt/demo-shared"]
@@ -151,8 +159,7 @@ def test_busy_mount_is_a_clear_error_unless_forced(hosts, tmp_path):
     holder = subprocess.Popen(lab.ssh_argv(h, "cd /srv/demo/merged/scratch && exec sleep 60"))
     try:
         time.sleep(0.5)
-        spec = tmp_path / "spec.yml"
-        spec.write_text(DEMO.read_text().replace("tmpfs: {size: 16m}", "tmpfs: {size: 16m}, read_only: true"))
+        spec = demo_copy(tmp_path, DEMO.read_text().replace("tmpfs: {size: 16m}", "tmpfs: {size: 16m}, read_only: true"))
         out = lamina("apply", "-i", str(lab.inventory), str(spec), "--limit", h, check=1)
         assert "cannot unmount /srv/demo/merged/scratch; if it is busy" in out.stdout, out.stdout
         spec.write_text(spec.read_text().replace("    label: demo\n", "    label: demo\n    force: true\n"))
@@ -183,14 +190,15 @@ def test_verify_passes_on_a_good_host_and_catches_a_wrong_mount(hosts, tmp_path)
 
 def test_bad_spec_exits_2_and_touches_no_host(hosts, tmp_path):
     lab = hosts
-    spec = tmp_path / "bad.yml"
-    spec.write_text(DEMO.read_text().replace("    upper:", "    uper:"))
+    text = DEMO.read_text().replace("    upper:", "    uper:")
+    spec = demo_copy(tmp_path, text)
+    line = text.splitlines().index("    uper: {{ prefix }}/upper") + 1
     marks = {h: lab.mark(h) for h in lab.hosts}
     out = lamina("validate", str(spec), check=2)
-    assert f"{spec}:13:5: overlays.demo.uper: unknown key 'uper' (did you mean 'upper'?)" in out.stderr
+    assert f"{spec}:{line}:5: overlays.demo.uper: unknown key 'uper' (did you mean 'upper'?)" in out.stderr
     for cmd in ("plan", "apply", "verify"):
         out = lamina(cmd, "-i", str(lab.inventory), str(spec), check=2)
-        assert "Traceback" not in out.stderr and f"{spec}:13:5:" in out.stderr
+        assert "Traceback" not in out.stderr and f"{spec}:{line}:5:" in out.stderr
     assert all(lab.exec_requests(h, marks[h]) == [] for h in lab.hosts)
 
 
@@ -220,7 +228,7 @@ def test_unreachable_host_fails_alone(hosts, tmp_path):
         """))
     out = lamina("apply", "-i", str(inv), check=1)
     assert "ghost: FAILED:" in out.stdout
-    assert all(f"{h}: 6 changed" in out.stdout for h in lab.hosts)
+    assert all(re.search(rf"^{h}: \d+ changed, 0 unchanged$", out.stdout, re.M) for h in lab.hosts), out.stdout
 
 
 def test_pyinfra_cli_runs_the_roles_and_reruns_clean(hosts):
