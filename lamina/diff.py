@@ -237,7 +237,7 @@ class _Run:
         if hex_ not in self.actual.layers:
             action = "ship" if ref.layer else "build"
             self.result.materialize.append(Materialize(action, ref, hex_))
-            size = f" ({ref.layer.size / 2**20:.1f} MiB)" if ref.layer else ""
+            size = f" ({_size(ref.layer.size)})" if ref.layer else ""
             return Change(item.key, [f"missing{size}"] if ref.layer else [f"cached layer {hex_[:12]} is missing"])
         if hex_ not in self.host.names:
             self.result.materialize.append(Materialize("relink", ref, hex_))
@@ -320,6 +320,14 @@ class _Run:
                       depth=depth(want.target) if want else 0)
 
 
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 def _short(command: str, width: int = 40) -> str:
     line = " ".join(command.split())
     return line if len(line) <= width else line[: width - 1] + "…"
@@ -343,8 +351,10 @@ def diff(plan: HostPlan, actual: HostState) -> Result:
             run.result.unchanged.append(item.key)
     if actual.staging and not run.result.materialize:
         debris = [posixpath.join(plan.state_dir, "staging", name) for name in actual.staging]
-        run.result.changes.append(Change("layer store", [f"{len(debris)} leftover(s) of interrupted builds"],
-                                         purge=[f"rm -rf -- {q(p)}" for p in debris]))
+        run.result.changes.append(Change(
+            "layer store", [f"{len(debris)} leftover(s) of interrupted builds"],
+            purge=[f"if mountpoint -q {q(p)}/merged; then umount -R -l {q(p)}/merged; fi; "
+                   f"rm -rf --one-file-system -- {q(p)}" for p in debris]))
     return run.result
 
 

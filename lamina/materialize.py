@@ -9,6 +9,7 @@ GNU tar). A layer is unpacked or built in `<state_dir>/staging` and renamed into
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import shlex
 from collections.abc import Iterable, Mapping
@@ -74,19 +75,19 @@ def materialize(state, host, plan: HostPlan, todo: list[Materialize], names: Map
         return output.stdout_lines
 
     try:
+        run(command("clean", sd))  # leftovers of an interrupted run go first
         relinks = [m.digest for m in todo if m.action == "relink"]
         if relinks:
             names.update(parse_layers(run(command("relink", sd, *relinks))))
         ships = [m.ref for m in todo if m.action == "ship"]
         if ships:  # upload them all over one SFTP session, then unpack them in one command
             staging = posixpath.join(sd, "staging")
-            run(f"mkdir -p -m 700 -- {shlex.quote(sd)} && mkdir -p -m 700 -- {shlex.quote(staging)}")
             args = []
             for ref in ships:
                 remote = posixpath.join(staging, f"{ref.digest}.tar")
                 if not host.put_file(str(ref.layer.path), remote, print_output=False, **connector_args):
                     raise Failed(f"{ref.label}: upload failed")
-                args += [ref.digest, ref.layer.sha256, remote]
+                args += [ref.digest, ref.layer.sha256]
             names.update(parse_layers(run(command("ship", sd, *args))))
         for step in todo:
             ref = step.ref
@@ -97,8 +98,6 @@ def materialize(state, host, plan: HostPlan, todo: list[Materialize], names: Map
                 names.update(built)
                 digests[ref.key] = next(iter(built))
     except Failed as e:
-        import logging
-
         host.log(f"lamina: {e}", log_func=logging.getLogger("pyinfra").error)
         host.lamina_failures = [*getattr(host, "lamina_failures", []), str(e)]  # for lamina's report
         return False

@@ -42,3 +42,13 @@ store() {
   # shellcheck disable=SC2174  # parents exist; -m is for these dirs
   mkdir -p -m 700 -- "$SD" "$SD/layers" "$SD/l" "$SD/staging" "$SD/cache"
 }
+
+# Remove the leftovers of interrupted builds, detaching a build mount left in one first
+# (rm must never walk into a mounted tree).
+clean() {
+  for _s in "$SD"/staging/*; do
+    [ -e "$_s" ] || continue
+    if [ -d "$_s/merged" ] && mountpoint -q "$_s/merged"; then umount -R -l "$_s/merged"; fi
+    rm -rf --one-file-system -- "$_s"
+  done
+}

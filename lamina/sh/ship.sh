@@ -1,10 +1,11 @@
-# ship: SD [HEX SHA256 TARBALL]... — unpack uploaded layer tars (overlay form), each as layer HEX.
+# ship: SD [HEX SHA256]... — unpack the uploaded layer tars SD/staging/HEX.tar (overlay form),
+# each as layer HEX.
 store
 stage=
 trap 'rm -rf -- "$stage"' EXIT
-while [ "$#" -ge 3 ]; do
-  hex=$1 sum=$2 tarball=$3
-  shift 3
+while [ "$#" -ge 2 ]; do
+  hex=$1 sum=$2 tarball="$SD/staging/$1.tar"
+  shift 2
   stage="$SD/staging/$hex.$$"
   got=$(sha256sum < "$tarball" | cut -c1-64)
   [ "$got" = "$sum" ] || fail "layer $hex: the upload is corrupt (sha256 $got, want $sum)"

@@ -1,0 +1,3 @@
+# clean: SD — prepare the layer store and clear its staging area.
+store
+clean

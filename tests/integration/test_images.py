@@ -1,0 +1,219 @@
+"""Images and containers on the test hosts: shared layers, no re-shipping, deep stacks,
+crash safety while shipping, gc, inspect."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from test_engine import CLEAN, DEMO, REPO, changed_objects, changes, demo_copy, lamina
+
+from lamina.materialize import command
+
+C = "/var/lib/lamina/containers"
+
+
+@pytest.fixture
+def hosts(lab, demo_rootfs):
+    for h in lab.hosts:
+        assert lab.run(h, CLEAN).returncode == 0
+    return lab
+
+
+def inspect(lab, host: str, container: str, spec: Path | None = None) -> dict:
+    out = lamina("inspect", "-i", str(lab.inventory), container, *([str(spec)] if spec else []), "--host", host)
+    (record,) = json.loads(out.stdout)
+    return record
+
+
+def test_containers_share_layers_and_keep_writes_apart(hosts):
+    lab = hosts
+    changes(lab)
+    h = lab.hosts[0]
+    web1, web2 = inspect(lab, h, "web1"), inspect(lab, h, "web2")
+    assert web1["GraphDriver"]["Data"]["LowerDir"] == web2["GraphDriver"]["Data"]["LowerDir"]
+    assert web1["RootFS"]["Layers"] == web2["RootFS"]["Layers"] and len(web1["RootFS"]["Layers"]) == 3
+    assert web1["ImageID"] == web2["ImageID"] and web1["State"]["Status"] == "mounted"
+    assert [m["Destination"] for m in web1["Mounts"]] == ["/data", "/shared"]
+    lowest = web1["GraphDriver"]["Data"]["LowerDir"].split(":")[-1]
+    # the same inode through both containers as in the layer itself: nothing was copied
+    # (each overlay reports its own st_dev, but passes the lower file's inode number through)
+    inodes = lab.run(h, f"stat -c %i {lowest}/bin/busybox {C}/web1/merged/bin/busybox "
+                        f"{C}/web2/merged/bin/busybox").stdout.split()
+    assert len(inodes) == 3 and len(set(inodes)) == 1, inodes
+    assert lab.run(h, f"cat {C}/web1/merged/etc/motd").stdout == "welcome to the demo image\n"
+    assert lab.run(h, f"test -e {C}/web1/merged/bin/false || echo gone").stdout == "gone\n"  # whiteout
+    lab.run(h, f"echo mine > {C}/web1/merged/tmp/note && rm {C}/web1/merged/etc/passwd")
+    assert lab.run(h, f"cat {C}/web2/merged/tmp/note").returncode != 0
+    assert lab.run(h, f"cat {C}/web2/merged/etc/passwd").returncode == 0
+    assert lab.run(h, f"cat {lowest}/etc/passwd").returncode == 0  # layers are never written
+    assert lab.run(h, f"stat -c %F {C}/web1/upper/etc/passwd").stdout == "character special file\n"
+
+
+def test_reapply_ships_no_layer_and_runs_no_step(hosts):
+    lab = hosts
+    changes(lab)
+    store = "ls -l --time-style=+%s.%N /var/lib/lamina/layers /var/lib/lamina/cache /var/lib/lamina/l"
+    before = {h: lab.run(h, store).stdout for h in lab.hosts}
+    marks = {h: lab.mark(h) for h in lab.hosts}
+    assert changed_objects(changes(lab)) == {h: [] for h in lab.hosts}
+    for h in lab.hosts:
+        requests = lab.exec_requests(h, marks[h])
+        assert not [r for r in requests if "sftp" in r] and len(requests) <= 2, requests
+        assert lab.run(h, store).stdout == before[h]  # no layer or cache entry touched
+
+
+def test_changed_step_rebuilds_only_from_there(hosts, tmp_path):
+    lab = hosts
+    changes(lab)
+    h = lab.hosts[0]
+    spec = demo_copy(tmp_path, DEMO.read_text().replace("welcome to the demo image", "welcome, v2"))
+    report = changes(lab, "--limit", h, spec=spec)
+    assert changed_objects(report)[h] == ["run images.web.steps[1]", "container web1", "container web2"] + \
+        [f"mount {C}/web{i}/merged/{m}" for i in (1, 2) for m in ("data", "shared")]
+    assert lab.run(h, f"cat {C}/web2/merged/etc/motd").stdout == "welcome, v2\n"
+
+
+def deep_spec(tmp_path: Path, n: int) -> Path:
+    for i in range(n):
+        d = tmp_path / "files" / f"l{i}"
+        d.mkdir(parents=True)
+        (d / "top").write_text(f"layer {i}\n")
+        (d / f"only-{i}").write_text("x")
+    steps = "\n".join(f"      - copy: {{src: l{i}, dest: /}}" for i in range(n))
+    spec = tmp_path / "deep.yml"
+    spec.write_text(f"images:\n  deep:\n    steps:\n{steps}\ncontainers:\n  deep: {{image: deep}}\n")
+    return spec
+
+
+@pytest.mark.parametrize("n", [128, 500])
+def test_deep_stack_mounts_and_verifies(hosts, tmp_path, n):
+    lab = hosts
+    h = lab.hosts[0]
+    spec = deep_spec(tmp_path, n)
+    lamina("apply", "-i", str(lab.inventory), str(spec), "--limit", h)
+    merged = f"{C}/deep/merged"
+    assert lab.run(h, f"cat {merged}/top").stdout == f"layer {n - 1}\n"  # the highest layer wins
+    assert lab.run(h, f"ls {merged} | grep -c only-").stdout == f"{n}\n"
+    record = inspect(lab, h, "deep", spec)
+    assert len(record["RootFS"]["Layers"]) == n and record["State"]["UpToDate"]
+    lamina("verify", "-i", str(lab.inventory), str(spec), "--limit", h, "-q")
+    assert changed_objects(changes(lab, "--limit", h, spec=spec)) == {h: []}
+
+
+def test_501_layers_is_a_validation_error(tmp_path):
+    spec = deep_spec(tmp_path, 501)
+    out = lamina("plan", "-i", "localhost", str(spec), check=2)
+    assert "images.deep: 501 layers; overlayfs stacks at most 500" in out.stderr
+
+
+def test_killed_while_shipping_then_rerun_converges(hosts, tmp_path):
+    lab = hosts
+    h = lab.hosts[0]
+    big = tmp_path / "files" / "big"
+    big.mkdir(parents=True)
+    with open(big / "blob", "wb") as f:
+        for _ in range(192):
+            f.write(os.urandom(1 << 20))
+    spec = tmp_path / "big.yml"
+    spec.write_text("images:\n  big:\n    steps:\n      - copy: {src: big, dest: /data}\n"
+                    "containers:\n  big: {image: big}\n")
+    lamina("plan", "-i", str(lab.inventory), str(spec), "--limit", h)  # builds the layer tar (cached)
+    proc = subprocess.Popen([sys.executable, "-m", "lamina.cli", "apply", "-i", str(lab.inventory), str(spec),
+                             "--limit", h], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if lab.run(h, "ls /var/lib/lamina/staging 2>/dev/null").stdout.strip():
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the upload never started")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # no partial layer under a final name: every layer present is complete and sealed
+    listing = lab.run(h, "ls /var/lib/lamina/layers").stdout.split()
+    if listing:
+        assert lab.run(h, command("checkseal", "/var/lib/lamina", *listing)).stdout == ""
+    report = changes(lab, "--limit", h, spec=spec)
+    assert not report[h]["failed"]
+    local = subprocess.run(["sha256sum", str(big / "blob")], capture_output=True, text=True).stdout.split()[0]
+    remote = lab.run(h, f"sha256sum {C}/big/merged/data/blob").stdout.split()[0]
+    assert local == remote
+    assert lab.run(h, "ls -A /var/lib/lamina/staging").stdout == ""  # no debris after the re-run
+    assert changed_objects(changes(lab, "--limit", h, spec=spec)) == {h: []}
+
+
+def test_gc_lists_then_removes_only_unused_layers(hosts, tmp_path):
+    lab = hosts
+    h = lab.hosts[0]
+    changes(lab, "--limit", h)
+    # web2 leaves the spec but stays mounted by hand: its layers are in use all the same
+    text = DEMO.read_text()
+    without_web = text[: text.index("  web:")] + "\ncontainers:\n  web1:\n    image: base\n"
+    spec = demo_copy(tmp_path, without_web)
+    out = lamina("gc", "-i", str(lab.inventory), str(spec), "--limit", h)
+    assert out.stdout.strip().endswith(f"{h}: 0 to change, 0 unchanged"), out.stdout  # web2 still mounted
+    lab.run(h, f"umount -R {C}/web2/merged && umount -R {C}/web1/merged")
+    out = lamina("gc", "-i", str(lab.inventory), str(spec), "--limit", h)
+    unused = [line for line in out.stdout.splitlines() if "not used by any image" in line]
+    assert len(unused) == 2, out.stdout  # the copy layer and the run layer of image web
+    before = lab.run(h, "ls /var/lib/lamina/layers").stdout.split()
+    lamina("gc", "-i", str(lab.inventory), str(spec), "--limit", h, "--yes")
+    after = lab.run(h, "ls /var/lib/lamina/layers").stdout.split()
+    assert len(after) == len(before) - 2
+    assert len(lab.run(h, "ls /var/lib/lamina/l").stdout.split()) == len(after)
+    assert "not used" not in lamina("gc", "-i", str(lab.inventory), str(spec), "--limit", h).stdout
+
+
+def test_container_absent_keeps_its_layer_unless_purged(hosts, tmp_path):
+    lab = hosts
+    h = lab.hosts[0]
+    changes(lab, "--limit", h)
+    lab.run(h, f"echo keep > {C}/web1/merged/root/note")
+    text = DEMO.read_text().replace("  web1:\n    image: web\n", "  web1:\n    image: web\n    state: absent\n")
+    spec = demo_copy(tmp_path, text)
+    changes(lab, "--limit", h, spec=spec)
+    assert lab.run(h, f"mountpoint -q {C}/web1/merged || cat {C}/web1/upper/root/note").stdout == "keep\n"
+    spec.write_text(text.replace("    state: absent\n", "    state: absent\n    purge: true\n"))
+    changes(lab, "--limit", h, spec=spec)
+    assert lab.run(h, f"test -e {C}/web1 || echo gone").stdout == "gone\n"
+    assert len(lab.run(h, "ls /var/lib/lamina/layers").stdout.split()) == 3  # image layers stay
+    assert lab.run(h, f"cat {C}/web2/merged/etc/motd").returncode == 0
+
+
+def test_run_step_failure_is_reported_and_nothing_is_left(hosts, tmp_path):
+    lab = hosts
+    h = lab.hosts[0]
+    spec = demo_copy(tmp_path, DEMO.read_text().replace('rm /bin/false', 'exit 7'))
+    out = lamina("apply", "-i", str(lab.inventory), str(spec), "--limit", h, check=1)
+    assert f"{h}: FAILED: run step failed with exit code 7" in out.stdout, out.stdout
+    assert lab.run(h, "ls -A /var/lib/lamina/staging; grep -c lamina-build /proc/self/mountinfo").stdout == "0\n"
+
+
+def test_bad_image_inputs_are_located(tmp_path):
+    spec = tmp_path / "s.yml"
+    spec.write_text(textwrap.dedent("""\
+        images:
+          aa: {from: bb}
+          bb: {from: aa}
+          cc: {steps: [{copy: {src: nothere, dest: /x}}]}
+          dd: {steps: [{run: "true", copy: {src: x, dest: /}}]}
+        containers:
+          web: {image: zz}
+        """))
+    err = lamina("validate", str(spec), check=2).stderr
+    assert f"{spec}:2:14: images.aa.from: inheritance cycle aa -> bb -> aa" in err
+    assert f"{spec}:5:16: images.dd.steps[0]: a step needs exactly one of copy, add, run (found copy, run)" in err
+    assert f"{spec}:7:16: containers.web.image: no image 'zz' in the spec" in err
+    spec.write_text("images:\n  cc: {steps: [{copy: {src: nothere, dest: /x}}]}\n")
+    err = lamina("plan", "-i", "localhost", str(spec), check=2).stderr
+    assert f"{spec}:2:23: images.cc.steps[0].copy:" in err and "nothere" in err, err
