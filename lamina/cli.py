@@ -84,14 +84,21 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args) -> int:
+    """Everything short of a host: parse, check, and build the images' layers (controller side)."""
+    from . import images
     from .runner import host_variables, load_inventory
+
+    def check(variables) -> None:
+        loaded = loader.load(args.specs, variables)
+        if loaded.spec.images:
+            images.resolve(loaded)
 
     if args.inventory:
         for h in load_inventory(args.inventory):
-            loader.load(args.specs, host_variables(h.name, h.data.dict()))
+            check(host_variables(h.name, h.data.dict()))
     else:  # templates see an anonymous host; -i gives them real inventory data
         try:
-            loader.load(args.specs, host_variables("localhost", {}))
+            check(host_variables("localhost", {}))
         except SpecInvalid as e:
             if any("is undefined" in err.message for err in e.errors):
                 print("lamina: hint: pass -i INVENTORY to render templates with host data",

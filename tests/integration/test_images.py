@@ -110,7 +110,7 @@ def test_deep_stack_mounts_and_verifies(hosts, tmp_path, n):
 
 def test_501_layers_is_a_validation_error(tmp_path):
     spec = deep_spec(tmp_path, 501)
-    out = lamina("plan", "-i", "localhost", str(spec), check=2)
+    out = lamina("validate", str(spec), check=2)
     assert "images.deep: 501 layers; overlayfs stacks at most 500" in out.stderr
 
 
@@ -215,5 +215,5 @@ def test_bad_image_inputs_are_located(tmp_path):
     assert f"{spec}:5:16: images.dd.steps[0]: a step needs exactly one of copy, add, run (found copy, run)" in err
     assert f"{spec}:7:16: containers.web.image: no image 'zz' in the spec" in err
     spec.write_text("images:\n  cc: {steps: [{copy: {src: nothere, dest: /x}}]}\n")
-    err = lamina("plan", "-i", "localhost", str(spec), check=2).stderr
+    err = lamina("validate", str(spec), check=2).stderr
     assert f"{spec}:2:23: images.cc.steps[0].copy:" in err and "nothere" in err, err
