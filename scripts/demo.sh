@@ -47,7 +47,8 @@ lamina lab ssh lab1 cat /srv/demo/merged/layer.txt
 say "two containers, one image: web1 and web2 share the image's layer directories"
 lamina inspect -i "$inv" web1 --host lab1
 lamina lab ssh lab1 'M=/var/lib/lamina/containers; echo hello > $M/web1/merged/tmp/only-in-web1;
-  echo "web1: $(cat $M/web1/merged/etc/motd)"; ls $M/web2/merged/tmp/only-in-web1 2>&1 | sed "s/^/web2: /"'
+  echo "web1 wrote /tmp/only-in-web1; its /etc/motd says: $(cat $M/web1/merged/etc/motd)";
+  if [ -e $M/web2/merged/tmp/only-in-web1 ]; then echo "web2 sees it (wrong!)"; else echo "web2 does not see it"; fi'
 
 cat <<TXT
 

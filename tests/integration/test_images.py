@@ -217,3 +217,18 @@ def test_bad_image_inputs_are_located(tmp_path):
     spec.write_text("images:\n  cc: {steps: [{copy: {src: nothere, dest: /x}}]}\n")
     err = lamina("validate", str(spec), check=2).stderr
     assert f"{spec}:2:23: images.cc.steps[0].copy:" in err and "nothere" in err, err
+
+
+def test_verify_catches_a_changed_layer_and_a_shadowed_file(hosts):
+    lab = hosts
+    changes(lab)
+    ok = lamina("verify", "-i", str(lab.inventory), "-q")
+    assert " passed" in ok.stdout and "failed" not in ok.stdout
+    h = lab.hosts[2]
+    lowest = inspect(lab, h, "web1")["GraphDriver"]["Data"]["LowerDir"].split(":")[-1]
+    lab.run(h, f"echo tampered >> {lowest}/etc/group")
+    bad = lamina("verify", "-i", str(lab.inventory), "-q", check=1).stdout
+    assert f"{h}: layer {Path(lowest).parent.name[:12]}: content unchanged" in bad and "content changed" in bad
+    lab.run(h, f"echo fake > /tmp/fake && mount --bind /tmp/fake {C}/web2/merged/etc/motd")
+    bad = lamina("verify", "-i", str(lab.inventory), "-q", check=1).stdout
+    assert f"etc/motd: {C}/web2/merged does not show" in bad
