@@ -73,6 +73,20 @@ def parser() -> argparse.ArgumentParser:
     ins.add_argument("--host", action="append", dest="limit", default=[], metavar="HOST", help="same as --limit")
     ins.set_defaults(func=cmd_inspect)
 
+    d = sub.add_parser("diff", help="a container's changes against its image, like docker diff (A/C/D)")
+    d.add_argument("container", metavar="CONTAINER")
+    _targets(d)
+    d.add_argument("--host", action="append", dest="limit", default=[], metavar="HOST", help="same as --limit")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=cmd_diff)
+
+    co = sub.add_parser("commit", help="make a container's writable layer into an image (docker commit)")
+    co.add_argument("container", metavar="CONTAINER")
+    co.add_argument("image", metavar="IMAGE", help="name of the new image; use it as `from: lamina:IMAGE`")
+    _targets(co)
+    co.add_argument("--host", action="append", dest="limit", default=[], metavar="HOST", help="same as --limit")
+    co.set_defaults(func=cmd_commit)
+
     gc = sub.add_parser("gc", help="list (and with --yes remove) layers that no image of the specs uses")
     _targets(gc)
     gc.add_argument("--yes", action="store_true", help="remove them (default: only list)")
@@ -143,6 +157,28 @@ def cmd_inspect(args) -> int:
 
     print(json.dumps(inspect(args.inventory, args.specs, args.container, sudo=args.sudo, limit=args.limit),
                      indent=2))
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from .lifecycle import diff
+
+    result = diff(args.inventory, args.specs, args.container, sudo=args.sudo, limit=args.limit)
+    if args.json:
+        print(json.dumps({h: [{"Kind": k, "Path": p} for k, p in c] for h, c in result.items()}, indent=2))
+    else:
+        for host, changes in result.items():
+            prefix = f"{host}: " if len(result) > 1 else ""
+            print("\n".join(f"{prefix}{kind} {path}" for kind, path in changes))
+    return 0
+
+
+def cmd_commit(args) -> int:
+    from .lifecycle import commit
+
+    done = commit(args.inventory, args.specs, args.container, args.image, sudo=args.sudo, limit=args.limit)
+    print(json.dumps({"Host": done.host, "Image": done.image, "Id": done.image_id, "Layer": done.layer.diff_id,
+                      "Archive": str(done.archive), "From": f"lamina:{done.image}"}, indent=2))
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,6 +59,14 @@ def _chain(below_key: str, what: str) -> str:
         what.removeprefix("sha256:")
 
 
+def image_store() -> Path:
+    """Where committed images live on the controller, as OCI archives (`from: lamina:NAME`)."""
+    root = Path(os.environ.get("LAMINA_IMAGES") or Path.home() / ".local/share/lamina/images")
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return root
+
+
+
 def files_dir(loaded: LoadedSpec, loc: Loc) -> Path:
     doc = loaded.docs.get(loc[:2])
     return Path(doc.file).resolve().parent if doc else Path.cwd()
@@ -95,8 +104,12 @@ def resolve(loaded: LoadedSpec) -> dict[str, ImagePlan]:
             elif source.startswith(ARCHIVE_SOURCES):
                 kind, path = source.split(":", 1)
                 local = local_path(loaded, base, path)
+                if kind == "lamina":  # an image made by `lamina commit`
+                    local = image_store() / f"{path}.tar"
+                    if not local.is_file():
+                        raise ValueError(f"no committed image {path!r} in {image_store()}")
                 load = {"docker-archive": tarball.from_docker_archive, "oci-archive": tarball.from_oci_archive,
-                        "oci-layout": tarball.from_oci_layout}[kind]
+                        "oci-layout": tarball.from_oci_layout, "lamina": tarball.from_oci_archive}[kind]
                 for built in load(local):
                     layers.append(_built(layers, built, f"{dotted(base)}.from"))
         except (ValueError, OSError) as e:

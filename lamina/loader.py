@@ -355,7 +355,7 @@ def check_spec(loaded: LoadedSpec) -> list[SpecError]:
     return errors
 
 
-ARCHIVE_SOURCES = ("docker-archive:", "oci-archive:", "oci-layout:")
+ARCHIVE_SOURCES = ("docker-archive:", "oci-archive:", "oci-layout:", "lamina:")
 OWNER_RE = re.compile(r"^[0-9]+:[0-9]+$")
 
 
@@ -379,7 +379,7 @@ def _check_image(spec: Spec, name: str, image, err) -> None:
             parent = spec.images[parent].from_
         if source not in spec.images:
             err(base + ("from",), f"images.{name}.from: no image {source!r} in the spec"
-                " (use scratch, an image name, docker-archive:, oci-archive: or oci-layout:)")
+                " (use scratch, an image name, docker-archive:, oci-archive:, oci-layout: or lamina:)")
         elif parent == name:
             err(base + ("from",), f"images.{name}.from: inheritance cycle {' -> '.join(chain + [name])}")
     for i, step in enumerate(image.steps):

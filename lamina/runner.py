@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -138,10 +139,43 @@ class _Errors(logging.Handler):
         return "; ".join(m.removeprefix(f"[{name}]").strip() for m in found) or "failed"
 
 
-def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = False,
-        limit: Sequence[str] = (), gc: bool = False) -> Report:
-    """Plan (and with apply=True, execute) on every host of the inventory. `gc`: instead,
-    remove layers that nothing in the specs (nor any mounted overlay) uses."""
+@dataclass
+class Session:
+    """Connected hosts with their plans, for commands that talk to hosts directly."""
+
+    state: Any
+    hosts: list[Any]  # pyinfra Hosts, inventory order
+    plans: dict[str, HostPlan]
+    report: Report
+    log: _Errors
+
+    @property
+    def active(self) -> list[Any]:
+        return [h for h in self.hosts if h in self.state.active_hosts]
+
+    def run(self, host, command: str) -> list[str]:
+        """Run one command (through sudo when asked); its stdout lines, or LaminaError."""
+        ok, output = host.run_shell_command(command, print_output=False, _sudo=self.state.config.SUDO)
+        if not ok:
+            err = "; ".join(x.strip().removeprefix("lamina: ") for x in output.stderr_lines if x.strip())
+            raise LaminaError(f"{host.name}: {err or 'command failed'}")
+        return output.stdout_lines
+
+    def fact(self, host) -> HostState:
+        from . import facts
+
+        return facts.parse(self.run(host, facts.command(self.plans[host.name])))
+
+
+@contextmanager
+def session(inventory_path: str, specs: Sequence[str], *, sudo: bool = False, limit: Sequence[str] = (),
+            gc: bool = False) -> Iterator[Session]:
+    """Validate and plan every selected host, then connect to them; hosts that cannot be
+    reached are reported failed in the session's report."""
+    from pyinfra.api import Config, State
+    from pyinfra.api.connect import connect_all, disconnect_all
+    from pyinfra.api.exceptions import PyinfraError
+
     inventory = load_inventory(inventory_path)
     hosts = [h for h in inventory if not limit or h.name in limit]
     if limit and not hosts:
@@ -155,26 +189,15 @@ def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = 
             errors += [err for err in e.errors if err not in errors]
     if errors:
         raise SpecInvalid(errors)
-    return _execute(inventory, hosts, plans, apply=apply, sudo=sudo)
 
-
-def _execute(inventory, hosts, plans: dict[str, HostPlan], *, apply: bool, sudo: bool) -> Report:
-    from pyinfra.api import Config, State
-    from pyinfra.api.connect import connect_all, disconnect_all
-    from pyinfra.api.exceptions import PyinfraError
-    from pyinfra.api.operation import add_op
-    from pyinfra.api.operations import run_ops
-
-    from .operations import converge
-
-    report = Report({h.name: HostReport(h.name) for h in hosts})  # inventory order
-    errors = _Errors()
+    log = _Errors()
     pyinfra_log = logging.getLogger("pyinfra")
-    pyinfra_log.addHandler(errors)
+    pyinfra_log.addHandler(log)
     pyinfra_log.setLevel(logging.WARNING)
     pyinfra_log.propagate = False
     state = State(inventory, Config(SUDO=sudo, FAIL_PERCENT=None))
     state.limit_hosts = hosts
+    report = Report({h.name: HostReport(h.name) for h in hosts})  # inventory order
     try:
         try:
             connect_all(state)
@@ -182,11 +205,28 @@ def _execute(inventory, hosts, plans: dict[str, HostPlan], *, apply: bool, sudo:
             pass  # every host failed to connect; reported below
         for h in hosts:
             if h not in state.active_hosts:
-                report.fail(h.name, errors.about(h.name))
-        if not state.active_hosts:
+                report.fail(h.name, log.about(h.name))
+        yield Session(state, hosts, plans, report, log)
+    finally:
+        disconnect_all(state)
+        pyinfra_log.removeHandler(log)
+
+
+def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = False,
+        limit: Sequence[str] = (), gc: bool = False) -> Report:
+    """Plan (and with apply=True, execute) on every host of the inventory. `gc`: instead,
+    remove layers that nothing in the specs (nor any mounted overlay) uses."""
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.operation import add_op
+    from pyinfra.api.operations import run_ops
+
+    from .operations import converge
+
+    with session(inventory_path, specs, sudo=sudo, limit=limit, gc=gc) as s:
+        report, state = s.report, s.state
+        if not s.active:
             return report
-        results = add_op(state, converge, plans=plans, record=report.record,
-                         name="lamina: converge")
+        results = add_op(state, converge, plans=s.plans, record=report.record, name="lamina: converge")
         if apply:
             try:
                 run_ops(state)
@@ -197,15 +237,12 @@ def _execute(inventory, hosts, plans: dict[str, HostPlan], *, apply: bool, sudo:
                     lines = meta.stderr_lines if meta.is_complete() else []
                     lines = [*getattr(h, "lamina_failures", []), *lines]
                     stderr = "; ".join(line.strip().removeprefix("lamina: ") for line in lines if line.strip())
-                    report.fail(h.name, stderr or errors.about(h.name))
+                    report.fail(h.name, stderr or s.log.about(h.name))
         else:
-            for h in hosts:
+            for h in s.hosts:
                 r = report.hosts.get(h.name)
                 if r and r.result and r.result.errors:
                     report.fail(h.name, "; ".join(r.result.errors))
-    finally:
-        disconnect_all(state)
-        pyinfra_log.removeHandler(errors)
     return report
 
 

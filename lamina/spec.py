@@ -195,7 +195,8 @@ class Step(_Model):
 class Image(_Model):
     from_: str = Field(
         "scratch", alias="from",
-        description="scratch, another image's name, docker-archive:PATH, oci-archive:PATH or oci-layout:DIR.",
+        description="scratch, another image's name, docker-archive:PATH, oci-archive:PATH, oci-layout:DIR"
+        " or lamina:NAME (made by lamina commit).",
     )
     steps: list[Step] = Field(default_factory=list, description="Each step adds one layer.")
 
