@@ -29,6 +29,7 @@ class Container:
     item: Item
     upper: str
     lowers: tuple[str, ...]  # the image's layer dirs, highest first
+    lower_names: tuple[str, ...]  # their short link names
 
 
 def container(s: Session, host, name: str) -> Container:
@@ -40,21 +41,22 @@ def container(s: Session, host, name: str) -> Container:
     lower = view.lower(item.mount)
     if lower is None:
         raise LaminaError(f"{host.name}: container {name!r} is not applied yet (its image's layers are missing)")
-    return Container(host, item, item.mount.upper, lower.paths)
+    return Container(host, item, item.mount.upper, lower.paths, tuple(lower.option.split(":")))
 
 
 def container_changes(s: Session, c: Container) -> list[tuple[str, str]]:
-    """Two commands: a tar listing of the upper dir, then stats of its paths in the layers."""
+    """Two commands: a tar listing of the upper dir, then both trees' stats of its paths."""
+    from .materialize import command
+
     listing = s.run(c.host, f"tar -C {shlex.quote(c.upper)} --xattrs --xattrs-include=trusted.overlay.opaque "
                             "--numeric-owner -cvvf /dev/null .")
     entries = changes.parse_listing(listing)
-    paths = changes.stat_paths(entries, c.upper, list(c.lowers))
-    stats = {}
-    if paths:
-        out = s.run(c.host, "stat -L --printf '%n\\t%f\\t%s\\t%.9Y\\n' -- "
-                            + " ".join(shlex.quote(p) for p in paths) + " 2>/dev/null || :")
-        stats = changes.parse_stats(out)
-    return changes.changes(entries, stats, c.upper, list(c.lowers))
+    if not entries:
+        return []
+    names = [n.rsplit("/", 1)[-1] for n in c.lower_names]
+    report = s.run(c.host, command("changes", s.plans[c.host.name].state_dir, c.item.mount.target,
+                                   str(len(names)), *names, "--", *changes.request(entries)))
+    return changes.changes(entries, changes.parse_report(report))
 
 
 def diff(inventory: str, specs: Sequence[str], name: str, *, sudo: bool = False,
