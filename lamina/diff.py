@@ -176,6 +176,14 @@ def mount_command(want: MountWant, actual: HostState, lower: Lower | None = None
     return f"{cd}{env}mount -t overlay -o {q(opts)} -- {q(want.source)} {target}"
 
 
+def copy_up_command(want: MountWant) -> str:
+    """Docker's volume copy-up: an empty volume mounted over a non-empty directory of the
+    tree gets that directory's content first (modes, owners, xattrs kept by cp -a)."""
+    src, data = q(want.target), q(want.source)
+    return (f'if [ -d {src} ] && [ -z "$(ls -A -- {data})" ] && [ -n "$(ls -A -- {src})" ]; '
+            f"then cp -a -- {src}/. {data}/; fi")
+
+
 def umount_command(target: str, force: bool) -> str:
     if force:
         return f"umount -l -- {q(target)}"
@@ -292,6 +300,8 @@ class _Run:
                 if target not in self.pending:
                     self.remounted.add(target)
                     unmount += [umount_command(target, item.force)] * len(stack)
+                    if item.copy_up:
+                        apply.append(copy_up_command(want))
                     try:
                         apply.append(mount_command(want, actual, lower))
                     except ValueError as e:

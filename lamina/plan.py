@@ -53,6 +53,7 @@ class Item:
     files: tuple[tuple[str, str], ...] = ()  # small managed files: (path, one-line content)
     layer: LayerRef | None = None  # a layer that must be on the host
     volume: str | None = None  # the volume a mount inside a tree mounts
+    copy_up: bool = False  # an empty volume gets the tree's content at its target first (Docker)
 
     @property
     def key(self) -> str:
@@ -151,6 +152,7 @@ def plan(spec: Spec, images: dict[str, ImagePlan] | None = None) -> HostPlan:
                 mount=MountWant("bind" if m.type != "tmpfs" else "tmpfs", where, source,
                                 read_only=m.read_only, options=tuple(options)),
                 force=force, parent=target, volume=m.source if m.type == "volume" else None,
+                copy_up=m.type == "volume" and not m.volume.nocopy,
             ))
 
     for name, v in spec.volumes.items():

@@ -313,7 +313,8 @@ class Dockerd:
         self.config_file = self.root / "daemon.json"
         self.cli_config = self.root / "cli"
         self.host = f"unix://{self.socket}"
-        self.containerd_namespace = "lamina-test-" + re.sub(r"[^A-Za-z0-9_.-]", "_", self.root.name)
+        # containerd wants ^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$: no two separators in a row
+        self.containerd_namespace = "lamina-test-" + (re.sub(r"[^A-Za-z0-9]+", "-", self.root.name).strip("-") or "x")
         self.dockerd_bin = dockerd or _dockerd_path() or "dockerd"
         self.cli = cli or _cli_path() or "docker"
         self.storage_driver = storage_driver

@@ -4,11 +4,14 @@ Docker container and in a lamina container of the same image; `lamina diff` must
 
 from __future__ import annotations
 
+import io
 import shlex
+import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
+from dockerlib import DOCKER_EXPORT_NOISE, diff_manifests, dir_manifest, tar_manifest
 from test_engine import CLEAN, changes, lamina
 
 from lamina.rootfs import busybox_rootfs
@@ -75,3 +78,54 @@ def test_lamina_diff_equals_docker_diff(lab, name, docker_diffs, lamina_containe
         script: {SCRIPTS[name]}
         docker: {docker_diffs[name]}
         lamina: {ours}""")
+
+
+def volume_manifest(lab, host: str, name: str) -> dict:
+    out = subprocess.run(lab.ssh_argv(host, f"tar -C /var/lib/lamina/volumes/{name}/_data --numeric-owner -cf - ."),
+                         capture_output=True, timeout=60, check=True)
+    manifest = tar_manifest(io.BytesIO(out.stdout))
+    manifest.pop("/", None)
+    return manifest
+
+
+def test_volume_copy_up_and_nocopy_match_docker(lab, dockerd, base, tmp_path):
+    """An empty volume over a non-empty image dir gets its content (both engines); nocopy and
+    binds stay empty; the content is copied once — later image dirs don't overwrite it."""
+    host_dir = tmp_path / "bind"
+    host_dir.mkdir()
+    dockerd.docker("run", "--rm", "--network", "none", "-v", "lc-copy:/etc", "-v", "lc-nocopy:/root:nocopy",
+                   "-v", f"{host_dir}:/home", "lamina-lifecycle-base", "true")
+    root = Path(dockerd.docker("volume", "inspect", "-f", "{{.Mountpoint}}", "lc-copy").stdout.strip())
+    docker_copy = dir_manifest(root)
+    docker_copy.pop("/", None)
+    docker_nocopy = dir_manifest(Path(dockerd.docker("volume", "inspect", "-f", "{{.Mountpoint}}",
+                                                     "lc-nocopy").stdout.strip()))
+    docker_nocopy.pop("/", None)
+    assert docker_copy and "/passwd" in docker_copy and docker_nocopy == {} and list(host_dir.iterdir()) == []
+
+    h = lab.hosts[1]
+    assert lab.run(h, CLEAN).returncode == 0
+    spec = base / "volumes.yml"
+    spec.write_text(textwrap.dedent("""\
+        images:
+          base: {steps: [{add: {src: rootfs.tar}}]}
+        containers:
+          vols:
+            image: base
+            mounts:
+              - lc-copy:/etc
+              - {type: volume, source: lc-nocopy, target: /root, volume: {nocopy: true}}
+              - /srv/bind:/home
+        """))
+    report = changes(lab, "--limit", h, spec=spec)
+    assert not report[h]["failed"], report
+    # Docker's init layer puts these into every container's /etc (DOCKER_EXPORT_NOISE), so into the copy too
+    init_layer = [n.removeprefix("/etc") for n in DOCKER_EXPORT_NOISE if n.startswith("/etc/")]
+    assert diff_manifests(docker_copy, volume_manifest(lab, h, "lc-copy"), ignore=init_layer,
+                          labels=("docker", "lamina")) == []
+    assert volume_manifest(lab, h, "lc-nocopy") == {}
+    assert lab.run(h, "ls -A /srv/bind").stdout == ""
+    # once: a volume that has content is never copied into again
+    lab.run(h, "rm /var/lib/lamina/volumes/lc-copy/_data/passwd && umount /var/lib/lamina/containers/vols/merged/etc")
+    changes(lab, "--limit", h, spec=spec)
+    assert "/passwd" not in volume_manifest(lab, h, "lc-copy")
