@@ -8,7 +8,8 @@ import sys
 from collections.abc import Sequence
 
 from . import loader
-from .errors import LaminaError, SpecInvalid
+from .errors import LaminaError, SpecInvalid, UsageError
+from .spec import DEFAULT_STATE_DIR
 
 EPILOG = """\
 examples:
@@ -86,6 +87,30 @@ def parser() -> argparse.ArgumentParser:
     _targets(co)
     co.add_argument("--host", action="append", dest="limit", default=[], metavar="HOST", help="same as --limit")
     co.set_defaults(func=cmd_commit)
+
+    rs = sub.add_parser("reset", help="drop a container's writable layer and start it fresh (volumes kept)")
+    rs.add_argument("container", metavar="CONTAINER")
+    _targets(rs)
+    rs.add_argument("--host", action="append", dest="limit", default=[], metavar="HOST", help="same as --limit")
+    rs.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    rs.set_defaults(func=cmd_reset)
+
+    vo = sub.add_parser("volume", help="named volumes on hosts: ls, inspect, rm (like docker volume)")
+    vsub = vo.add_subparsers(dest="volume_command", required=True, metavar="COMMAND")
+    for verb, text in (("ls", "list volumes, their labels and who uses them"),
+                       ("inspect", "one volume as JSON"), ("rm", "delete a volume and its data (refused if in use)")):
+        v = vsub.add_parser(verb, help=text)
+        if verb != "ls":
+            v.add_argument("name", metavar="VOLUME")
+        v.add_argument("-i", "--inventory", required=True, help="pyinfra inventory (file or host list)")
+        v.add_argument("--host", "--limit", action="append", dest="limit", default=[], metavar="HOST")
+        v.add_argument("--sudo", action="store_true", help="run remote commands through sudo")
+        v.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"default {DEFAULT_STATE_DIR}")
+        if verb == "rm":
+            v.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        if verb == "ls":
+            v.add_argument("--json", action="store_true", help="machine-readable output")
+        v.set_defaults(func=cmd_volume)
 
     gc = sub.add_parser("gc", help="list (and with --yes remove) layers that no image of the specs uses")
     _targets(gc)
@@ -179,6 +204,48 @@ def cmd_commit(args) -> int:
     done = commit(args.inventory, args.specs, args.container, args.image, sudo=args.sudo, limit=args.limit)
     print(json.dumps({"Host": done.host, "Image": done.image, "Id": done.image_id, "Layer": done.layer.diff_id,
                       "Archive": str(done.archive), "From": f"lamina:{done.image}"}, indent=2))
+    return 0
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Destructive commands ask first; without a terminal they need --yes."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question} Not without --yes (no terminal to ask on).")
+    if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+        raise LaminaError("cancelled")
+
+
+def cmd_reset(args) -> int:
+    from .lifecycle import reset
+
+    where = f" on {', '.join(args.limit)}" if args.limit else " on every host that has it"
+    confirm(f"Delete the writable layer of container {args.container}{where}?", args.yes)
+    for host in reset(args.inventory, args.specs, args.container, sudo=args.sudo, limit=args.limit):
+        print(f"{host}: container {args.container} reset")
+    return 0
+
+
+def cmd_volume(args) -> int:
+    from . import volumes
+
+    kw = {"state_dir": args.state_dir, "sudo": args.sudo, "limit": args.limit}
+    if args.volume_command == "ls":
+        found = volumes.ls(args.inventory, **kw)
+        if args.json:
+            print(json.dumps(found, indent=2))
+        else:
+            print(f"{'HOST':<12} {'VOLUME':<24} {'USED BY':<40} LABELS")
+            for v in found:
+                labels = ",".join(f"{k}={x}" for k, x in v["Labels"].items())
+                print(f"{v['Host']:<12} {v['Name']:<24} {','.join(v['UsedBy']) or '-':<40} {labels or '-'}")
+    elif args.volume_command == "inspect":
+        print(json.dumps(volumes.inspect(args.inventory, args.name, **kw), indent=2))
+    else:
+        confirm(f"Delete volume {args.name} and all its data?", args.yes)
+        for host in volumes.rm(args.inventory, args.name, **kw):
+            print(f"{host}: volume {args.name} removed")
     return 0
 
 

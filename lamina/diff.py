@@ -114,8 +114,11 @@ def compare_mount(want: MountWant, top: MountEntry | None, host: Host, lower: Lo
     actual = host.actual
     if top is None:
         return ["not mounted"]
-    if want.fstype in ("overlay", "tmpfs") and top.fstype != want.fstype:
+    if want.fstype != "bind" and top.fstype.split(".")[0] != want.fstype.split(".")[0] and \
+            not {top.fstype, want.fstype} <= {"nfs", "nfs4"}:
         return [f"{top.fstype} ({top.source}) is mounted there instead of {want.fstype}"]
+    if want.fstype not in ("bind", "overlay", "tmpfs") and top.source != want.source:
+        return [f"{top.source} is mounted there instead of {want.source}"]
     reasons = []
     if want.fstype == "overlay" and lower is not None:
         found = host.found_lower(top)
@@ -157,9 +160,9 @@ def mount_command(want: MountWant, actual: HostState, lower: Lower | None = None
     if want.fstype == "bind":
         opts = "bind,ro" if want.read_only else "bind"
         return f"mount -o {opts} -- {q(actual.resolve(want.source))} {target}"
-    if want.fstype == "tmpfs":
+    if want.fstype != "overlay":  # tmpfs, or a volume's filesystem (nfs, ...)
         opts = ",".join(("ro",) * want.read_only + want.options) or "defaults"
-        return f"mount -t tmpfs -o {q(opts)} -- tmpfs {target}"
+        return f"mount -t {q(want.fstype)} -o {q(opts)} -- {q(want.source)} {target}"
     if lower is None:  # a plain overlay: absolute lower paths
         paths = tuple(actual.resolve(p) for p in want.lower)
         lower = Lower(paths, ":".join(paths))

@@ -11,6 +11,12 @@ class LaminaError(Exception):
     exit_code = 1
 
 
+class UsageError(LaminaError):
+    """The command line cannot be carried out as given (exit 2, nothing touched)."""
+
+    exit_code = 2
+
+
 @dataclass(frozen=True)
 class SpecError:
     file: str

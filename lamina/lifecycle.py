@@ -148,3 +148,38 @@ def commit(inventory: str, specs: Sequence[str], name: str, image: str, *, sudo:
                 raise LaminaError(f"{host.name}: upload of the committed layer failed")
             s.run(host, command("ship", sd, hex_, layer.sha256))
         return Committed(host.name, image, image_id, layer, archive)
+
+
+# --- reset ----------------------------------------------------------------------------
+
+
+def reset(inventory: str, specs: Sequence[str], name: str, *, sudo: bool = False,
+          limit: Sequence[str] = ()) -> list[str]:
+    """Drop the container's writable layer on each selected host that has it, then mount
+    it fresh (Docker's "remove the container, keep the image"); volumes are untouched.
+    Returns the hosts reset."""
+    from .runner import run
+
+    done = []
+    with session(inventory, specs, sudo=sudo, limit=limit) as s:
+        failed = [f"{r.name}: {r.error}" for r in s.report.failed]
+        if failed:
+            raise LaminaError("; ".join(failed))
+        for host in s.active:
+            items = [i for i in s.plans[host.name].items if i.kind == "container" and i.name == name]
+            if not items:
+                continue
+            m = items[0].mount
+            target, upper, work = (shlex.quote(p) for p in (m.target, m.upper, m.work))
+            # inner mounts go with the tree (umount -R); only upper and work are deleted
+            s.run(host, f"if mountpoint -q {target}; then umount -R -- {target}; fi && "
+                        f"rm -rf --one-file-system -- {upper} {work} && mkdir -m 755 -- {upper} && "
+                        f"mkdir -m 700 -- {work}")
+            done.append(host.name)
+    if not done:
+        raise LaminaError(f"no container {name!r} in the specs of the selected hosts")
+    report = run(inventory, specs, apply=True, sudo=sudo, limit=done)
+    failed = [f"{r.name}: {r.error}" for r in report.failed]
+    if failed:
+        raise LaminaError("reset, but remounting failed: " + "; ".join(failed))
+    return done

@@ -59,8 +59,8 @@ class Item:
     def key(self) -> str:
         if self.layer is not None:
             return self.layer.label
-        if self.kind == "container":
-            return f"container {self.name}"
+        if self.kind in ("container", "volume"):
+            return f"{self.kind} {self.name}"
         return f"{self.kind} {self.mount.target if self.mount else self.name}"
 
 
@@ -119,11 +119,18 @@ def plan(spec: Spec, images: dict[str, ImagePlan] | None = None) -> HostPlan:
     layers: dict[str, Item] = {}
     mounts: list[Item] = []
 
-    def volume(name: str, labels: dict[str, str], state: str = "present", purge: bool = False):
+    def volume(name: str, labels: dict[str, str], state: str = "present", purge: bool = False, opts=None):
         vdir = volume_dir(sd, name)
+        mount = None
+        if opts is not None:  # Docker's local driver with options: _data is a mount itself
+            mount = MountWant(opts.type, f"{vdir}/_data", opts.device or opts.type,
+                              options=tuple(opts.o.split(",")) if opts.o else ())
         volumes[name] = Item(
             "volume", name, state,
-            dirs=state_dirs + (Dir(vdir, STATE_MODE), Dir(f"{vdir}/_data", DATA_MODE)) if state == "present" else (),
+            # a mounted _data's mode is the filesystem's (e.g. tmpfs mode=): not enforced then
+            dirs=state_dirs + (Dir(vdir, STATE_MODE), Dir(f"{vdir}/_data", None if mount else DATA_MODE))
+            if state == "present" else (),
+            mount=mount,
             purge=(vdir,) if purge else (),
             files=((f"{vdir}/labels.json", json.dumps(labels, sort_keys=True)),) if state == "present" else (),
         )
@@ -156,7 +163,7 @@ def plan(spec: Spec, images: dict[str, ImagePlan] | None = None) -> HostPlan:
             ))
 
     for name, v in spec.volumes.items():
-        volume(name, v.labels, v.state, v.purge and v.state == "absent")
+        volume(name, v.labels, v.state, v.purge and v.state == "absent", v.driver_opts)
 
     for name, ov in spec.overlays.items():
         dirs = [Dir(p) for p in ov.lower]

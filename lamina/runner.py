@@ -169,7 +169,7 @@ class Session:
 
 @contextmanager
 def session(inventory_path: str, specs: Sequence[str], *, sudo: bool = False, limit: Sequence[str] = (),
-            gc: bool = False) -> Iterator[Session]:
+            gc: bool = False, state_dir: str | None = None) -> Iterator[Session]:
     """Validate and plan every selected host, then connect to them; hosts that cannot be
     reached are reported failed in the session's report."""
     from pyinfra.api import Config, State
@@ -183,6 +183,9 @@ def session(inventory_path: str, specs: Sequence[str], *, sudo: bool = False, li
     plans: dict[str, HostPlan] = {}
     errors = []
     for h in hosts:
+        if state_dir is not None:  # commands that need no spec, only the state dir
+            plans[h.name] = HostPlan(state_dir, ())
+            continue
         try:
             plans[h.name] = replace(host_plan(h.name, h.data.dict(), specs), gc=gc)
         except SpecInvalid as e:

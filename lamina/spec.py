@@ -131,8 +131,30 @@ class Mount(_Model):
 ShortOrLongMount = Annotated[Mount, BeforeValidator(_short_mount)]
 
 
+def _check_fstype(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", value):
+        raise ValueError(f"invalid filesystem type {value!r}")
+    return value
+
+
+def _check_option(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value!r} contains a control character")
+    return value
+
+
+class DriverOpts(_Model):
+    """Docker's local driver options: the volume's _data is a mount of its own."""
+
+    type: Annotated[str, AfterValidator(_check_fstype)] = Field(description="Filesystem type: tmpfs, nfs, ...")
+    o: Annotated[str, AfterValidator(_check_option)] | None = Field(None, description="Mount options, as mount -o.")
+    device: Annotated[str, AfterValidator(_check_option)] | None = Field(
+        None, description="What to mount, e.g. server:/export (default: the type).")
+
+
 class Volume(_Model):
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form metadata.")
+    driver_opts: DriverOpts | None = Field(None, description="Mount the volume's data as this filesystem.")
     state: State = "present"
     purge: bool = Field(False, description="With state absent: delete the volume's data.")
 

@@ -7,8 +7,13 @@ A layer has two tar forms with the same content:
 - overlay form: a deleted path is a character device 0/0 (mode 0, owned 0:0: what overlayfs
   itself creates), an opaque directory carries the PAX record
   `SCHILY.xattr.trusted.overlay.opaque=y`. This is what lamina ships: the host extracts it with
-  GNU tar alone (`tar -x --xattrs --xattrs-include='trusted.*' --numeric-owner -p`) straight
-  into `layers/<hex>/diff`, which overlayfs can then use as a lower dir.
+  GNU tar alone (`tar -x --xattrs --xattrs-include='trusted.*' --xattrs-include=security.capability
+  --numeric-owner -p`: without the second include, file capabilities are lost) straight into
+  `layers/<hex>/diff`, which overlayfs can then use as a lower dir.
+
+The way back: from_overlay_tar() reads a host's GNU tar of an upper or layer dir, and
+write_docker_archive()/write_oci_archive() export a stack of layers for `docker load` and OCI
+tools, regenerating each layer's OCI form from its overlay form (checked against the DiffID).
 
 Output tars are deterministic: POSIX.1-2001 PAX format (a plain ustar header unless a name, a
 value or an xattr needs an extended header, as Docker's Go archive/tar does), entries sorted
@@ -26,11 +31,13 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import decimal
 import functools
 import gzip
 import hashlib
 import json
 import lzma
+import math
 import os
 import platform
 import posixpath
@@ -47,7 +54,8 @@ from typing import IO, Any
 import zstandard
 
 # Bump whenever the bytes written for the same input change: it invalidates every cache entry.
-FORMAT_VERSION = 1
+# 2: archive mtimes are read from the exact PAX decimal and rounded down (was: int() of a float).
+FORMAT_VERSION = 2
 CHUNK = 1 << 20
 
 WH_PREFIX = ".wh."
@@ -209,21 +217,27 @@ def _write(entries: list[_Entry], overlay: _Sink | None, oci: _Sink | None) -> N
         if overlay is not None:
             overlay.write(hdr)
         if oci is not None:
-            # The conversion is moby's overlay "ConvertWrite": a whiteout becomes an empty 0600 file
-            # keeping owner and mtime; an opaque dir loses the xattr and gains a marker file that
-            # inherits its permission bits and owner, right after it (before any child).
-            if e.whiteout:
-                oci.write(_header(_wh_name(e.name), tarfile.REGTYPE, 0o600, e.uid, e.gid, e.mtime))
-            elif e.opaque:
-                rest = {k: v for k, v in e.xattrs.items() if k != OPAQUE_XATTR}
-                oci.write(_header(e.name, e.type, e.mode, e.uid, e.gid, e.mtime, xattrs=rest))
-                oci.write(_header(_join(e.name, WH_OPAQUE), tarfile.REGTYPE, e.mode & 0o777, e.uid, e.gid, e.mtime))
-            else:
-                oci.write(hdr)
+            oci.write(_oci_header(e, hdr))
         if e.type == tarfile.REGTYPE and e.size:
             _copy_data(e, sinks)
     for s in sinks:
         s.write(bytes(1024))
+
+
+def _oci_header(e: _Entry, hdr: bytes) -> bytes:
+    """The OCI-form header(s) of an entry whose overlay-form header is `hdr`.
+
+    The conversion is moby's overlay "ConvertWrite": a whiteout becomes an empty 0600 file keeping
+    owner and mtime; an opaque dir loses the xattr and gains a marker file that inherits its
+    permission bits and owner, right after it (before any child). Anything else is unchanged.
+    """
+    if e.whiteout:
+        return _header(_wh_name(e.name), tarfile.REGTYPE, 0o600, e.uid, e.gid, e.mtime)
+    if e.opaque:
+        rest = {k: v for k, v in e.xattrs.items() if k != OPAQUE_XATTR}
+        return (_header(e.name, e.type, e.mode, e.uid, e.gid, e.mtime, xattrs=rest)
+                + _header(_join(e.name, WH_OPAQUE), tarfile.REGTYPE, e.mode & 0o777, e.uid, e.gid, e.mtime))
+    return hdr
 
 
 def _copy_data(e: _Entry, sinks: list[_Sink]) -> None:
@@ -377,19 +391,36 @@ def _stat_entry(name: str, path: str, st: os.stat_result, overlay: bool) -> _Ent
     except OSError:
         names = []
     for key in names:
-        if key in WALK_XATTRS:
-            e.xattrs[key] = os.getxattr(path, key, follow_symlinks=False).decode("utf-8", "surrogateescape")
-        elif overlay and key.split(".", 1)[-1] in ("overlay.redirect", "overlay.metacopy"):
-            raise ValueError(f"{path}: has {key}; lamina cannot diff an upper dir made with "
-                             "redirect_dir or metacopy (mount with redirect_dir=off,metacopy=off)")
-        elif overlay and key in (OPAQUE_XATTR, "user.overlay.opaque") and e.type == tarfile.DIRTYPE:
-            if os.getxattr(path, key, follow_symlinks=False) == b"y":
-                e.xattrs[OPAQUE_XATTR] = "y"
+        value = functools.partial(_getxattr, path, key)
+        if overlay:
+            _overlay_xattr(e, key, value, path)
+        elif key in WALK_XATTRS:
+            e.xattrs[key] = value()
     # Whiteouts are never grouped: overlayfs shares one whiteout inode through hard links (even
     # with the work dir), and each whiteout must stay its own entry.
     if e.type != tarfile.DIRTYPE and not e.whiteout and st.st_nlink > 1:
         e.link_group = (st.st_dev, st.st_ino)
     return e
+
+
+def _getxattr(path: str, key: str) -> str:
+    return os.getxattr(path, key, follow_symlinks=False).decode("utf-8", "surrogateescape")
+
+
+def _overlay_xattr(e: _Entry, key: str, value: Callable[[], str], where: str) -> None:
+    """Apply one xattr of a file in an overlay upper (or layer) dir to its entry.
+
+    security.capability is kept; an opaque marker (trusted. or user.overlay.opaque=y) on a directory
+    makes it opaque; redirect/metacopy (whose meaning lives in lower layers) are refused; every other
+    xattr, overlayfs's own bookkeeping (origin, impure, uuid, nlink…) included, is dropped.
+    """
+    if key in WALK_XATTRS:
+        e.xattrs[key] = value()
+    elif key.split(".", 1)[-1] in ("overlay.redirect", "overlay.metacopy"):
+        raise ValueError(f"{where}: has {key}; lamina cannot diff an upper dir made with "
+                         "redirect_dir or metacopy (mount with redirect_dir=off,metacopy=off)")
+    elif key in (OPAQUE_XATTR, "user.overlay.opaque") and e.type == tarfile.DIRTYPE and value() == "y":
+        e.xattrs[OPAQUE_XATTR] = "y"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,8 +496,23 @@ def _open_tar(raw: IO[bytes], what: str, digest: list[str] | None = None) -> Ite
             yield tf
 
 
-def _member_entry(tf: tarfile.TarFile, name: str, m: tarfile.TarInfo, what: str) -> _Entry:
-    e = _Entry(name, mode=m.mode & 0o7777, uid=m.uid, gid=m.gid, mtime=int(m.mtime))
+def _mtime(m: tarfile.TarInfo) -> int:
+    """A member's mtime in whole seconds, rounded down like `st_mtime_ns // 10**9`.
+
+    Read from the exact decimal of a PAX record when there is one: tarfile's float cannot tell
+    1700000000.999999999 from 1700000001 (GNU tar --format=posix writes nanoseconds).
+    """
+    raw = m.pax_headers.get("mtime")
+    if raw is not None:
+        with contextlib.suppress(ArithmeticError, ValueError):
+            return math.floor(decimal.Decimal(raw))
+    return math.floor(m.mtime)
+
+
+def _member_entry(tf: tarfile.TarFile, name: str, m: tarfile.TarInfo, what: str, upper: bool = False) -> _Entry:
+    """An entry for an archive member. upper=True reads a tar of an overlay upper/layer dir: its
+    xattrs go through _overlay_xattr, exactly as oci_tar_from_overlay_dir reads them from disk."""
+    e = _Entry(name, mode=m.mode & 0o7777, uid=m.uid, gid=m.gid, mtime=_mtime(m))
     if m.isreg():  # also old-style regular, contiguous and GNU sparse files: written out dense
         e.type, e.size = tarfile.REGTYPE, m.size
         e.data = functools.partial(tf.extractfile, m)  # type: ignore[assignment]
@@ -482,7 +528,9 @@ def _member_entry(tf: tarfile.TarFile, name: str, m: tarfile.TarInfo, what: str)
     for key, value in m.pax_headers.items():
         if key.startswith(XATTR_PAX):
             xname = key[len(XATTR_PAX):]
-            if not xname.startswith(("trusted.overlay.", "user.overlay.")):
+            if upper:
+                _overlay_xattr(e, xname, lambda v=value: v, f"{what}: entry {m.name!r}")
+            elif not xname.startswith(("trusted.overlay.", "user.overlay.")):
                 e.xattrs[xname] = value
     return e
 
@@ -544,7 +592,7 @@ def _overlay_from_oci(tf: tarfile.TarFile, what: str) -> list[_Entry]:
     for target, marker in read.whiteouts.items():
         found = entries.get(target)
         if found is None:
-            entries[target] = _Entry(target, tarfile.CHRTYPE, mode=0, mtime=int(marker.mtime))
+            entries[target] = _Entry(target, tarfile.CHRTYPE, mode=0, mtime=_mtime(marker))
         elif found.type == tarfile.DIRTYPE:
             # Deleted from the lower layers and re-created here: in overlayfs that is an opaque dir.
             opaque.add(target)
@@ -839,6 +887,60 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
     return out
 
 
+def _read_upper_tar(tf: tarfile.TarFile, what: str) -> dict[str, _Entry]:
+    """A tar of an overlay upper or layer dir → the entries oci_tar_from_overlay_dir would read from
+    that dir: the dir itself is no entry, whiteouts are the char devices 0/0, hard links are groups
+    (a hard link to a whiteout is a whiteout of its own, as whiteouts are never grouped)."""
+    entries: dict[str, _Entry] = {}
+    latest: dict[str, tarfile.TarInfo] = {}  # archive path → member holding its content now
+    for m in tf.getmembers():
+        rel = _clean(m.name, what)
+        data = m
+        if m.islnk():
+            target = _clean(m.linkname, what)
+            found = latest.get(target)
+            if found is None:
+                raise ValueError(f"{what}: hard link {m.name!r} points to {m.linkname!r}, "
+                                 "which is not an earlier entry of the archive")
+            if found.isdir():
+                raise ValueError(f"{what}: hard link {m.name!r} points to directory {m.linkname!r}")
+            data = found
+        latest[rel] = data
+        if not rel:
+            continue  # the upper dir itself (GNU tar's "./"): its metadata is not layer content
+        e = _member_entry(tf, rel, data, what, upper=True)
+        if e.type != tarfile.DIRTYPE and not e.whiteout:
+            e.link_group = data
+        entries[rel] = e
+    _add_parents(entries)
+    return entries
+
+
+def from_overlay_tar(path: Path) -> Layer:
+    """A tar of an overlay upper dir or layer dir, made on a host by GNU tar, as a layer.
+
+    Expected: `tar -C DIR --xattrs --xattrs-include='trusted.overlay.*' --xattrs-include=security.capability
+    --numeric-owner --format=posix -cf - .` (plain or compressed). The result is exactly what
+    oci_tar_from_overlay_dir(DIR) describes: same DiffID, with the overlay form as `path`: whiteouts
+    (char devices 0/0) and opaque dirs (trusted.overlay.opaque=y, or user.overlay.opaque=y) kept,
+    mtimes in whole seconds (rounded down), owners and modes as archived, only security.capability of
+    the xattrs (overlayfs's origin/impure/… are dropped), the dir itself not an entry. redirect or
+    metacopy xattrs raise ValueError. Cached like the other build steps, by the tar's identity.
+    """
+    src = Path(path)
+    st = _source_stat(src, "overlay tar")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"overlay tar {src} is not a file")
+    key = ["from_overlay_tar", str(src.resolve()), _stat_id(st)]
+
+    def build() -> list[Layer]:
+        what = str(src)
+        with open(src, "rb") as raw, _open_tar(raw, what) as tf, _bad_input(what):
+            return [_store(_sorted(_read_upper_tar(tf, what)))]
+
+    return _cached(key, build)[0]
+
+
 def oci_tar_from_overlay_dir(root: Path, out: IO[bytes]) -> str:
     """A directory in overlay form (e.g. an overlay upper dir) → its OCI-form layer tar, written to `out`.
 
@@ -857,3 +959,211 @@ def oci_tar_from_overlay_dir(root: Path, out: IO[bytes]) -> str:
     sink = _Sink(out)
     _write(_sorted(entries), None, sink)
     return "sha256:" + sink.hash.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API: export of an image (layers, lowest first) to archives `docker load` and OCI tools read.
+
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+REF_NAME = "org.opencontainers.image.ref.name"
+EPOCH = "1970-01-01T00:00:00Z"  # `created` of exported images: the same layers give the same image ID
+
+_REF_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REF_DOMAIN = r"(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+)(?::[0-9]+)?|[a-zA-Z0-9-]+:[0-9]+"
+_DOCKER_REF = re.compile(rf"((?:(?:{_REF_DOMAIN})/)?{_REF_PART}(?:/{_REF_PART})*)(?::([\w][\w.-]{{0,127}}))?")
+
+
+def _docker_ref(ref: str) -> tuple[str, str] | None:
+    """(repository, tag) of a Docker "name[:tag]" reference (tag "latest" if absent), or None."""
+    m = _DOCKER_REF.fullmatch(ref)
+    if m is None or len(m.group(1)) > 255:
+        return None
+    return m.group(1), m.group(2) or "latest"
+
+
+def _oci_from_layer(layer: Layer, sink: _Sink) -> None:
+    """Stream the OCI form of `layer`, converted from its overlay-form tar, into sink; check the DiffID.
+
+    The overlay form is lamina's own output, so each member is re-encoded with the same _header()
+    that wrote it and converted by the same _oci_header() that _write() uses: for a layer lamina
+    built, the bytes are exactly the OCI form whose hash is its DiffID. Reads the file once.
+    """
+    if not _DIGEST.fullmatch(layer.diff_id):
+        raise ValueError(f"layer {layer.path}: {layer.diff_id!r} is not a sha256:<64 hex> DiffID")
+    what = f"layer {layer.diff_id} ({layer.path})"
+    with open(layer.path, "rb") as raw, _bad_input(what), \
+            tarfile.open(fileobj=raw, mode="r:", encoding="utf-8", errors="surrogateescape") as tf:
+        for m in tf:
+            name = _clean(m.name, what)
+            mode, mtime = m.mode & 0o7777, _mtime(m)
+            if m.islnk():
+                sink.write(_header(name, tarfile.LNKTYPE, mode, m.uid, m.gid, mtime, linkname=m.linkname))
+                continue
+            xattrs = {k[len(XATTR_PAX):]: v for k, v in m.pax_headers.items() if k.startswith(XATTR_PAX)}
+            e = _Entry(name, m.type, mode, m.uid, m.gid, mtime, m.size if m.isreg() else 0, m.linkname,
+                       (m.devmajor, m.devminor), xattrs, functools.partial(tf.extractfile, m))  # type: ignore[arg-type]
+            sink.write(_oci_header(e, _header(e.name, e.type, e.mode, e.uid, e.gid, e.mtime, e.size, e.linkname,
+                                              e.dev, e.xattrs)))
+            if e.type == tarfile.REGTYPE and e.size:
+                _copy_data(e, [sink])
+    sink.write(bytes(1024))
+    got = "sha256:" + sink.hash.hexdigest()
+    if got != layer.diff_id:
+        raise ValueError(f"{what}: the OCI form regenerated from the overlay form has DiffID {got}. A layer "
+                         "imported from an image whose layer tars are not in lamina's canonical form cannot "
+                         "be written back byte for byte; only layers lamina built can be exported")
+
+
+def _archive_header(name: str, size: int = 0, directory: bool = False) -> bytes:
+    """A one-block header of an image archive member: 0644 files, 0755 dirs, 0:0, mtime 0.
+
+    ustar, or GNU base-256 for a size of 8 GiB or more (Go's archive/tar reads both), so a header
+    written before its layer's size is known can be rewritten in place."""
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mode = 0o755 if directory else 0o644
+    info.size, info.mtime, info.uname, info.gname = size, 0, "", ""
+    buf = info.tobuf(tarfile.USTAR_FORMAT if size < 8**11 else tarfile.GNU_FORMAT, "utf-8", "strict")
+    assert len(buf) == tarfile.BLOCKSIZE, name
+    return buf
+
+
+class _ImageTar:
+    """An image archive written member by member into a seekable file."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f = f
+        self.sizes: dict[str, int] = {}  # layer member → size of its OCI tar
+
+    def dir(self, name: str) -> None:
+        self.f.write(_archive_header(name, directory=True))
+
+    def file(self, name: str, data: bytes) -> None:
+        self.f.write(_archive_header(name, len(data)) + data + bytes(-len(data) % tarfile.BLOCKSIZE))
+
+    def layer(self, name: str, layer: Layer) -> int:
+        """Stream the layer's OCI tar in as `name` (once: a repeated name is not written again)."""
+        if name not in self.sizes:
+            start = self.f.tell()
+            self.f.write(_archive_header(name))  # size not known yet: rewritten below
+            sink = _Sink(self.f)
+            _oci_from_layer(layer, sink)
+            end = self.f.tell()
+            self.f.seek(start)
+            self.f.write(_archive_header(name, sink.size))
+            self.f.seek(end)
+            self.f.write(bytes(-sink.size % tarfile.BLOCKSIZE))
+            self.sizes[name] = sink.size
+        return self.sizes[name]
+
+    def close(self) -> None:
+        self.f.write(bytes(1024))
+
+
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _image_config(layers: Sequence[Layer], config: dict | None) -> bytes:
+    """The image config JSON (canonical: sorted keys, no spaces) of a stack of layers."""
+    for la in layers:
+        if not _DIGEST.fullmatch(la.diff_id):
+            raise ValueError(f"layer {la.path}: {la.diff_id!r} is not a sha256:<64 hex> DiffID")
+    if config is not None and not isinstance(config, dict):
+        raise ValueError("config must be a dict (the image config's `config` object: Env, Cmd, …)")
+    return _dumps({
+        "architecture": _ARCH.get(platform.machine(), platform.machine()),
+        "config": config or {},
+        "created": EPOCH,
+        "history": [{"created": EPOCH, "created_by": "lamina"} for _ in layers],
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [la.diff_id for la in layers]},
+    })
+
+
+def write_docker_archive(layers: Sequence[Layer], out: Path, repo_tag: str, config: dict | None = None) -> str:
+    """Write the image made of `layers` (lowest first) as a `docker save` archive; returns its image ID.
+
+    Layout as Docker 20.10's `docker save`: `<hex>/layer.tar` (uncompressed OCI-form tar, named here by
+    its DiffID), `<id-hex>.json` (the config), `manifest.json` (Config, RepoTags, Layers) and the legacy
+    `repositories`. repo_tag is "name[:tag]" ("latest" if no tag). The config has architecture (this
+    machine's), os linux, `config` (the given dict or {}), created 1970-01-01 (so the ID depends on the
+    layers and config alone), one history entry per layer and rootfs.diff_ids. The image ID is
+    "sha256:" + the config's sha256. Layers are converted from their overlay form while written, and
+    each one's hash must equal its DiffID (ValueError otherwise). `out` appears whole or not at all.
+    """
+    parsed = _docker_ref(repo_tag)
+    if parsed is None:
+        raise ValueError(f"{repo_tag!r} is not a Docker repository[:tag] (lowercase name, no digest)")
+    repo, tag = parsed
+    cfg = _image_config(layers, config)
+    image_hex = hashlib.sha256(cfg).hexdigest()
+
+    def fill(f: IO[bytes]) -> None:
+        w = _ImageTar(f)
+        rels = []
+        for la in layers:
+            hex_ = la.diff_id.removeprefix("sha256:")
+            rel = f"{hex_}/layer.tar"
+            if rel not in w.sizes:
+                w.dir(hex_)
+                w.layer(rel, la)
+            rels.append(rel)
+        w.file(f"{image_hex}.json", cfg)
+        w.file("manifest.json", _dumps([{"Config": f"{image_hex}.json", "Layers": rels,
+                                         "RepoTags": [f"{repo}:{tag}"]}]))
+        if layers:
+            w.file("repositories", _dumps({repo: {tag: layers[-1].diff_id.removeprefix("sha256:")}}))
+        w.close()
+
+    _atomic_write(Path(out), fill)
+    return "sha256:" + image_hex
+
+
+def write_oci_archive(layers: Sequence[Layer], out: Path, ref: str, config: dict | None = None) -> str:
+    """Write the image made of `layers` (lowest first) as a tar of an OCI image layout; returns the
+    manifest digest.
+
+    `oci-layout`, `index.json` (one manifest, annotated org.opencontainers.image.ref.name=ref: what
+    `skopeo copy oci-archive:OUT:REF` looks up), and `blobs/sha256/`: the manifest, the config (the
+    same as write_docker_archive's, so the same image ID) and each layer as an uncompressed
+    `application/vnd.oci.image.layer.v1.tar`. Like Docker 25's `docker save`, it also holds a
+    `manifest.json` pointing into blobs/, which makes it a docker-archive too (`docker load` accepts
+    it; RepoTags is [ref] when ref is a valid Docker name[:tag], else empty: loaded untagged).
+    Streaming and DiffID checks as for write_docker_archive.
+    """
+    if not ref or "\n" in ref:
+        raise ValueError(f"{ref!r} is not an image reference")
+    cfg = _image_config(layers, config)
+    cfg_digest = "sha256:" + hashlib.sha256(cfg).hexdigest()
+    docker = _docker_ref(ref)
+    digest: list[str] = []
+
+    def fill(f: IO[bytes]) -> None:
+        w = _ImageTar(f)
+        w.file("oci-layout", _dumps({"imageLayoutVersion": "1.0.0"}))
+        w.dir("blobs")
+        w.dir("blobs/sha256")
+        descs, rels = [], []
+        for la in layers:
+            rel = "blobs/sha256/" + la.diff_id.removeprefix("sha256:")
+            descs.append({"mediaType": OCI_LAYER, "digest": la.diff_id, "size": w.layer(rel, la)})
+            rels.append(rel)
+        cfg_rel = "blobs/sha256/" + cfg_digest.removeprefix("sha256:")
+        w.file(cfg_rel, cfg)
+        manifest = _dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                           "config": {"mediaType": OCI_CONFIG, "digest": cfg_digest, "size": len(cfg)},
+                           "layers": descs})
+        digest.append("sha256:" + hashlib.sha256(manifest).hexdigest())
+        w.file("blobs/sha256/" + digest[0].removeprefix("sha256:"), manifest)
+        w.file("index.json", _dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": digest[0], "size": len(manifest), "annotations": {REF_NAME: ref}}]}))
+        w.file("manifest.json", _dumps([{"Config": cfg_rel, "Layers": rels,
+                                         "RepoTags": [f"{docker[0]}:{docker[1]}"] if docker else []}]))
+        w.close()
+
+    _atomic_write(Path(out), fill)
+    return digest[0]

@@ -511,9 +511,10 @@ def test_round_trip_plain_tree(tmp_path):
 
 
 def extract(layer: Path, into: Path) -> None:
+    """What lamina/sh/ship.sh runs on a host (without security.capability the host would drop file caps)."""
     into.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "-x", "--xattrs", "--xattrs-include=trusted.*", "--numeric-owner", "-p",
-                    "-f", str(layer), "-C", str(into)], check=True)
+    subprocess.run(["tar", "-x", "--xattrs", "--xattrs-include=trusted.*", "--xattrs-include=security.capability",
+                    "--numeric-owner", "-p", "-f", str(layer), "-C", str(into)], check=True)
 
 
 @pytest.fixture
@@ -580,3 +581,167 @@ def test_overlay_form_is_real_overlayfs_after_gnu_tar(tmp_path, tmpfs):
     (layer,) = tarball.from_oci_layout(layout_of_oci_tar(tmp_path / "layout", buf.getvalue()))
     extract(layer.path, mnt / "again")
     assert tarball.oci_tar_from_overlay_dir(mnt / "again", io.BytesIO()) == d1
+
+
+# ---- from_overlay_tar ----------------------------------------------------------------------
+
+GNU_TAR_OVERLAY = ["tar", "--xattrs", "--xattrs-include=trusted.overlay.*", "--xattrs-include=security.capability",
+                   "--numeric-owner", "--format=posix", "-cf"]  # + OUT -C DIR . (what a host runs)
+CAP = b"\x01\x00\x00\x02\x00\x20\x00\x00" + bytes(12)  # vfs_cap_data v2, effective, CAP_NET_BIND_SERVICE
+
+
+def gnu_tar_overlay(src: Path, out: Path) -> Path:
+    subprocess.run([*GNU_TAR_OVERLAY, str(out), "-C", str(src), "."], check=True)
+    return out
+
+
+def upper_tar(rows: list[tuple]) -> bytes:
+    """A tar shaped like GNU tar 1.34's of an upper dir. rows: (name, kind, extra, pax, mode, uid);
+    kind: f d l h c (c = whiteout 0/0); pax: extra PAX records (mtime, SCHILY.xattr.*)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tf:
+        for row in rows:
+            name, kind, extra, pax, mode, uid = (*row, *[None] * (6 - len(row)))
+            ti = tarfile.TarInfo(name)
+            ti.mtime = 1_600_000_000
+            ti.mode = mode if mode is not None else {"d": 0o755, "c": 0, "l": 0o777}.get(kind, 0o644)
+            ti.uid = ti.gid = uid or 0
+            ti.pax_headers = {"atime": "1.5", "ctime": "2.5", **(pax or {})}
+            data = None
+            if kind == "f":
+                data = (extra or "").encode()
+                ti.size = len(data)
+            else:
+                ti.type = {"d": tarfile.DIRTYPE, "l": tarfile.SYMTYPE, "h": tarfile.LNKTYPE, "c": tarfile.CHRTYPE}[kind]
+                ti.linkname = extra or ""
+            tf.addfile(ti, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+ORIGIN = {"SCHILY.xattr.trusted.overlay.origin": "\x00\udcfb!\x00\x01"}
+UPPER = [
+    ("./", "d", None, {"SCHILY.xattr.trusted.overlay.impure": "y", "SCHILY.xattr.trusted.overlay.uuid": "u"}),
+    ("./z-new", "f", "new", {"mtime": "1700000000.999999999"}),  # a float would say ...001
+    ("./etc", "d", None, {"SCHILY.xattr.trusted.overlay.impure": "y", **ORIGIN}),
+    ("./etc/conf", "f", "changed", {**ORIGIN, "SCHILY.xattr.user.note": "machine noise"}),
+    ("./etc/gone", "c"),
+    ("./etc/gone2", "h", "./etc/gone"),  # overlayfs shares one whiteout inode: a hard link in the tar
+    ("./opt", "d", None, {OPQ: "y"}, 0o711),
+    ("./opt/x", "f", "x"),
+    ("./var", "d", None, {"SCHILY.xattr.user.overlay.opaque": "y"}),  # userxattr mounts
+    ("./srv", "d", None, {OPQ: "x"}),  # not "y": not opaque
+    ("./srv/b-first", "f", "data", {"SCHILY.xattr.security.capability": CAP.decode("utf-8", "surrogateescape")}),
+    ("./srv/a-second", "h", "./srv/b-first"),  # sorts before the member with the data
+    ("./srv/l", "l", "b-first"),
+]
+
+
+def test_overlay_tar_is_read_like_the_upper_dir(tmp_path):
+    src = tmp_path / "upper.tar"
+    src.write_bytes(upper_tar(UPPER))
+    layer = tarball.from_overlay_tar(src)
+    assert names(layer.path) == ["etc/", "etc/gone", "etc/gone2", "etc/conf", "opt/", "opt/x", "srv/",
+                                 "srv/a-second", "srv/b-first", "srv/l", "var/", "z-new"]
+    m = members(layer.path)
+    for w in ("etc/gone", "etc/gone2"):  # each whiteout its own char device, never a hard link
+        assert m[w].ischr() and (m[w].devmajor, m[w].devminor, m[w].mode) == (0, 0, 0)
+    assert m["opt"].pax_headers == {OPQ: "y"} and m["opt"].mode == 0o711
+    assert m["var"].pax_headers == {OPQ: "y"}
+    assert m["srv"].pax_headers == {} and m["etc"].pax_headers == {} and m["etc/conf"].pax_headers == {}
+    assert m["srv/a-second"].isreg() and m["srv/b-first"].islnk() and m["srv/b-first"].linkname == "srv/a-second"
+    assert m["srv/a-second"].pax_headers == {"SCHILY.xattr.security.capability": CAP.decode("utf-8", "surrogateescape")}
+    assert m["z-new"].mtime == 1_700_000_000 and "mtime" not in m["z-new"].pax_headers
+    with tarfile.open(tarball.cache_dir() / "layers" / f"{layer.sha256}.tar") as tf:
+        assert tf.extractfile("srv/a-second").read() == b"data"
+    # cached by the tar's identity; the DiffID is that of the OCI form
+    assert tarball.from_overlay_tar(src) == layer
+    (again,) = tarball.from_oci_layout(oci_layout(tmp_path / "layout", [oci_form(layer)]))
+    assert again == layer
+
+
+def oci_form(layer: Layer) -> bytes:
+    """The layer's OCI-form tar, as export writes it (checked against its DiffID)."""
+    out = tarball._Sink(io.BytesIO())
+    tarball._oci_from_layer(layer, out)
+    return out.out.getvalue()
+
+
+@pytest.mark.parametrize("xattr", ["trusted.overlay.redirect", "trusted.overlay.metacopy", "user.overlay.redirect"])
+def test_overlay_tar_refuses_redirect_and_metacopy(tmp_path, xattr):
+    src = tmp_path / "upper.tar"
+    src.write_bytes(upper_tar([("./", "d"), ("./a", "d", None, {f"SCHILY.xattr.{xattr}": "/b"})]))
+    with pytest.raises(ValueError, match="redirect_dir or metacopy"):
+        tarball.from_overlay_tar(src)
+
+
+def test_overlay_tar_bad_input(tmp_path):
+    src = tmp_path / "upper.tar"
+    src.write_bytes(upper_tar([("./", "d"), ("./a", "h", "./nowhere")]))
+    with pytest.raises(ValueError, match="not an earlier entry"):
+        tarball.from_overlay_tar(src)
+    src.write_bytes(b"not a tar" * 100)
+    with pytest.raises(ValueError, match="not a readable archive|truncated"):
+        tarball.from_overlay_tar(src)
+    with pytest.raises(ValueError, match="does not exist"):
+        tarball.from_overlay_tar(tmp_path / "nope.tar")
+    with pytest.raises(ValueError, match="not a file"):
+        tarball.from_overlay_tar(tmp_path)
+
+
+def test_overlay_tar_of_a_plain_tree_matches_the_directory(tmp_path):
+    src = make_tree(tmp_path / "tree")
+    (src / "sub" / "deep").chmod(0o700)
+    os.utime(src / "a.txt", ns=(0, 1_700_000_000_999_999_999))
+    layer = tarball.from_overlay_tar(gnu_tar_overlay(src, tmp_path / "tree.tar"))
+    assert layer.diff_id == tarball.oci_tar_from_overlay_dir(src, io.BytesIO())
+
+
+@as_root
+def test_overlay_tar_of_a_real_upper_dir_equals_the_directory_and_round_trips(tmp_path, tmpfs):
+    mnt, mounted = tmpfs
+    lower, up, work, m = mnt / "lower", mnt / "upper", mnt / "work", mnt / "merged"
+    for d in (lower / "d" / "sub", up, work, m):
+        d.mkdir(parents=True)
+    for name in ("keep", "mod.txt", "gone", "gone2", "perm.txt", "owned.txt", "d/old", "d/sub/x"):
+        (lower / name).write_text(name)
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={up},workdir={work}",
+                    str(m)], check=True)
+    mounted.append(m)
+    (m / "new").write_text("new\n")
+    os.utime(m / "new", ns=(0, 1_700_000_000_999_999_999))  # as a float: 1700000001.0
+    with open(m / "mod.txt", "a") as f:
+        f.write(" modified")
+    os.unlink(m / "gone")
+    os.unlink(m / "gone2")  # shares the whiteout inode with gone
+    shutil.rmtree(m / "d")
+    (m / "d").mkdir(mode=0o750)
+    (m / "d" / "fresh").write_text("f")
+    os.symlink("mod.txt", m / "link")
+    os.link(m / "new", m / "hard")
+    os.chmod(m / "perm.txt", 0o600)
+    os.chown(m / "owned.txt", 123, 456)
+    (m / os.fsdecode(b"caf\xe9")).write_text("latin-1 name")
+    os.setxattr(m / "new", "security.capability", CAP)
+    os.mkfifo(m / "fifo")
+    subprocess.run(["umount", str(m)], check=True)
+    mounted.remove(m)
+    assert os.lstat(up / "gone").st_nlink > 1 and os.getxattr(up / "d", "trusted.overlay.opaque") == b"y"
+
+    tar = gnu_tar_overlay(up, tmp_path / "upper.tar")
+    with tarfile.open(tar, encoding="utf-8", errors="surrogateescape") as tf:
+        pax = {k for mem in tf.getmembers() for k in mem.pax_headers}
+    assert "SCHILY.xattr.trusted.overlay.origin" in pax  # overlayfs bookkeeping that must be dropped
+    layer = tarball.from_overlay_tar(tar)
+    assert layer.diff_id == tarball.oci_tar_from_overlay_dir(up, io.BytesIO())
+    got = members(layer.path)
+    assert got["gone"].ischr() and got["gone2"].ischr() and got["d"].pax_headers == {OPQ: "y"}
+    assert (got["owned.txt"].uid, got["owned.txt"].gid, got["perm.txt"].mode) == (123, 456, 0o600)
+    assert got["hard"].mtime == 1_700_000_000 and got["new"].islnk() and got["new"].linkname == "hard"
+
+    # The shipped overlay form, extracted by GNU tar as a host does, reads back as the same layer.
+    extract(layer.path, mnt / "shipped")
+    assert os.getxattr(mnt / "shipped" / "d", "trusted.overlay.opaque") == b"y"
+    assert tarball.oci_tar_from_overlay_dir(mnt / "shipped", io.BytesIO()) == layer.diff_id
+    again = tarball.from_overlay_tar(gnu_tar_overlay(mnt / "shipped", tmp_path / "again.tar"))
+    assert (again.diff_id, again.sha256) == (layer.diff_id, layer.sha256)
