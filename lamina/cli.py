@@ -88,6 +88,15 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("--host", action="append", dest="limit", default=[], metavar="HOST", help="same as --limit")
     co.set_defaults(func=cmd_commit)
 
+    ex = sub.add_parser("export", help="write an image as a docker-save or OCI archive (docker load takes both)")
+    ex.add_argument("image", metavar="IMAGE")
+    ex.add_argument("-o", "--output", required=True, metavar="FILE", help="archive to write")
+    ex.add_argument("--format", choices=("docker", "oci"), default="docker", help="archive format (default docker)")
+    _targets(ex)
+    ex.add_argument("--host", action="append", dest="limit", default=[], metavar="HOST",
+                    help="where to fetch layers built by run steps (default: the first host)")
+    ex.set_defaults(func=cmd_export)
+
     rs = sub.add_parser("reset", help="drop a container's writable layer and start it fresh (volumes kept)")
     rs.add_argument("container", metavar="CONTAINER")
     _targets(rs)
@@ -204,6 +213,17 @@ def cmd_commit(args) -> int:
     done = commit(args.inventory, args.specs, args.container, args.image, sudo=args.sudo, limit=args.limit)
     print(json.dumps({"Host": done.host, "Image": done.image, "Id": done.image_id, "Layer": done.layer.diff_id,
                       "Archive": str(done.archive), "From": f"lamina:{done.image}"}, indent=2))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from .lifecycle import export
+
+    image_id = export(args.inventory, args.specs, args.image, Path(args.output), fmt=args.format, sudo=args.sudo,
+                      limit=args.limit)
+    print(f"{args.output}: {args.image} ({image_id})")
     return 0
 
 

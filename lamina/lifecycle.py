@@ -136,6 +136,7 @@ def commit(inventory: str, specs: Sequence[str], name: str, image: str, *, sudo:
             raise LaminaError(f"container {name!r} is on {len(hosts)} of the selected hosts; choose one with --host")
         host = hosts[0]
         c = container(s, host, name)
+        # what Docker commits on overlay2: the upper dir, whiteouts and opaque dirs as they are
         layer = fetch_layer(s, host, c.upper, Path(tmp))
         layers = image_layers(s, host, c.item, Path(tmp)) + [layer]
         archive = image_store() / f"{image}.tar"
@@ -183,3 +184,33 @@ def reset(inventory: str, specs: Sequence[str], name: str, *, sudo: bool = False
     if failed:
         raise LaminaError("reset, but remounting failed: " + "; ".join(failed))
     return done
+
+
+# --- export ---------------------------------------------------------------------------
+
+
+def export(inventory: str, specs: Sequence[str], image: str, out: Path, *, fmt: str = "docker",
+           sudo: bool = False, limit: Sequence[str] = ()) -> str:
+    """An image of the specs as a `docker save` (fmt docker) or OCI archive (fmt oci);
+    layers built on a host (run steps) are fetched from the first selected host."""
+    with session(inventory, specs, sudo=sudo, limit=limit) as s, tempfile.TemporaryDirectory() as tmp:
+        hosts = [h for h in s.active if image in s.plans[h.name].images]
+        if not hosts:
+            raise LaminaError(f"no image {image!r} in the specs of the selected hosts")
+        host = hosts[0]
+        refs = s.plans[host.name].images[image].layers
+        view = Host(s.plans[host.name], s.fact(host))
+        layers = []
+        for ref in refs:
+            if ref.layer is not None:
+                layers.append(ref.layer)
+                continue
+            digest = view.digest(ref)
+            if digest is None or digest not in view.actual.layers:
+                raise LaminaError(f"{host.name}: {ref.label} is not built there yet: apply first")
+            layers.append(fetch_layer(s, host, f"{s.plans[host.name].state_dir}/layers/{digest}/diff", Path(tmp)))
+        write = tarball.write_oci_archive if fmt == "oci" else tarball.write_docker_archive
+        try:
+            return write(layers, out, image if ":" in image else f"{image}:latest")
+        except ValueError as e:
+            raise LaminaError(f"cannot export {image}: {e}") from None

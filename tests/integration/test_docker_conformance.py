@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from dockerlib import DOCKER_EXPORT_NOISE, diff_manifests, tar_manifest
-from test_engine import CLEAN, changes
+from test_engine import CLEAN, changes, lamina
 
 from lamina.rootfs import busybox_rootfs
 
@@ -101,4 +101,22 @@ def test_docker_save_archive_equals_docker_container(lab, context, docker_image)
     report = changes(lab, "--limit", h, spec=spec)
     assert not report[h]["failed"], report
     problems = compare(lab, h, "fromsave", docker_image["export"])
+    assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize("fmt", ["docker", "oci"])
+def test_exported_image_loads_into_docker_and_matches(lab, dockerd, context, docker_image, tmp_path, fmt):
+    """Round trip: lamina builds the image (test_built_image_equals_docker_build), exports it,
+    Docker loads it, and a Docker container of it shows the same tree as Docker's own build."""
+    h = lab.hosts[0]
+    spec = context / "built.yml"
+    assert spec.exists(), "needs test_built_image_equals_docker_build first"
+    archive = tmp_path / f"app-{fmt}.tar"
+    lamina("export", "-i", str(lab.inventory), "app", str(spec), "-o", str(archive), "--format", fmt, "--host", h)
+    dockerd.docker("load", "-i", str(archive))
+    dockerd.docker("create", "--name", f"exported-{fmt}", "app:latest", "/bin/sh")
+    problems = diff_manifests(docker_image["export"], dockerd.export_manifest(f"exported-{fmt}"),
+                              labels=("docker build", "lamina export"))
+    dockerd.docker("rm", f"exported-{fmt}")
+    dockerd.docker("rmi", "app:latest")
     assert problems == [], "\n".join(problems)

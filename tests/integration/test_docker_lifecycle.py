@@ -5,8 +5,10 @@ Docker container and in a lamina container of the same image; `lamina diff` must
 from __future__ import annotations
 
 import io
+import json
 import shlex
 import subprocess
+import tarfile
 import textwrap
 from pathlib import Path
 
@@ -129,3 +131,28 @@ def test_volume_copy_up_and_nocopy_match_docker(lab, dockerd, base, tmp_path):
     lab.run(h, "rm /var/lib/lamina/volumes/lc-copy/_data/passwd && umount /var/lib/lamina/containers/vols/merged/etc")
     changes(lab, "--limit", h, spec=spec)
     assert "/passwd" not in volume_manifest(lab, h, "lc-copy")
+
+
+def archive_layer(path: Path, index: int = -1) -> dict:
+    """tar_manifest of one layer of a docker-save (or lamina) archive, by manifest.json."""
+    with tarfile.open(path) as tf:
+        manifest = json.load(tf.extractfile("manifest.json"))
+        layer = tf.extractfile(manifest[0]["Layers"][index]).read()
+    return tar_manifest(io.BytesIO(layer))
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_lamina_commit_equals_docker_commit(lab, dockerd, name, docker_diffs, lamina_containers, tmp_path,
+                                            monkeypatch):
+    h, spec = lamina_containers
+    monkeypatch.setenv("LAMINA_IMAGES", str(tmp_path / "images"))
+    dockerd.docker("commit", f"lc-{name}", f"lc-committed-{name}")
+    dockerd.docker("save", "-o", str(tmp_path / "docker.tar"), f"lc-committed-{name}")
+    out = json.loads(lamina("commit", "-i", str(lab.inventory), f"lc-{name}", f"committed-{name}", str(spec),
+                            "--host", h).stdout)
+    theirs, ours = archive_layer(tmp_path / "docker.tar"), archive_layer(Path(out["Archive"]))
+    assert diff_manifests(theirs, ours, labels=("docker", "lamina")) == [], SCRIPTS[name]
+    # the same content gives the same digest
+    again = json.loads(lamina("commit", "-i", str(lab.inventory), f"lc-{name}", f"again-{name}", str(spec),
+                              "--host", h).stdout)
+    assert again["Layer"] == out["Layer"]

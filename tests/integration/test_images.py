@@ -232,3 +232,21 @@ def test_verify_catches_a_changed_layer_and_a_shadowed_file(hosts):
     lab.run(h, f"echo fake > /tmp/fake && mount --bind /tmp/fake {C}/web2/merged/etc/motd")
     bad = lamina("verify", "-i", str(lab.inventory), "-q", check=1).stdout
     assert f"etc/motd: {C}/web2/merged does not show" in bad
+
+
+def test_committed_image_is_usable_by_specs_at_once(hosts, tmp_path, monkeypatch):
+    lab = hosts
+    h = lab.hosts[0]
+    monkeypatch.setenv("LAMINA_IMAGES", str(tmp_path / "images"))
+    changes(lab, "--limit", h)
+    lab.run(h, f"echo snapshot > {C}/web1/merged/root/state && rm {C}/web1/merged/etc/motd")
+    out = json.loads(lamina("commit", "-i", str(lab.inventory), "web1", "snap", "--host", h).stdout)
+    assert out["From"] == "lamina:snap" and Path(out["Archive"]).is_file()
+    committed = out["Layer"].removeprefix("sha256:")
+    assert committed in lab.run(h, "ls /var/lib/lamina/layers").stdout  # on the host at once
+    spec = tmp_path / "clone.yml"
+    spec.write_text("images:\n  snap: {from: 'lamina:snap'}\ncontainers:\n  clone: {image: snap}\n")
+    changes(lab, "--limit", h, spec=spec)
+    assert lab.run(h, f"cat {C}/clone/merged/root/state").stdout == "snapshot\n"
+    assert lab.run(h, f"test -e {C}/clone/merged/etc/motd || echo deleted").stdout == "deleted\n"
+    assert lab.run(h, f"cat {C}/web1/merged/root/state").stdout == "snapshot\n"  # web1 runs on, unchanged
