@@ -97,6 +97,18 @@ def parser() -> argparse.ArgumentParser:
                     help="where to fetch layers built by run steps (default: the first host)")
     ex.set_defaults(func=cmd_export)
 
+    cpp = sub.add_parser("cp", help="copy files between here and a container or volume (docker cp)",
+                         description="One side is HOST:CONTAINER:PATH or HOST:VOLUME:PATH, the other a local path."
+                         " Into an existing directory SRC goes under its own name (SRC/. copies its contents);"
+                         " otherwise it becomes DEST. Modes and owners are kept.")
+    cpp.add_argument("src", metavar="SRC")
+    cpp.add_argument("dest", metavar="DEST")
+    cpp.add_argument("-i", "--inventory", required=True, help="pyinfra inventory (file or host list)")
+    cpp.add_argument("-s", "--spec", action="append", dest="specs", default=[], metavar="SPEC",
+                     help="spec files that define the container (default: the host's lamina_roles)")
+    cpp.add_argument("--sudo", action="store_true", help="run remote commands through sudo")
+    cpp.set_defaults(func=cmd_cp)
+
     rs = sub.add_parser("reset", help="drop a container's writable layer and start it fresh (volumes kept)")
     rs.add_argument("container", metavar="CONTAINER")
     _targets(rs)
@@ -213,6 +225,13 @@ def cmd_commit(args) -> int:
     done = commit(args.inventory, args.specs, args.container, args.image, sudo=args.sudo, limit=args.limit)
     print(json.dumps({"Host": done.host, "Image": done.image, "Id": done.image_id, "Layer": done.layer.diff_id,
                       "Archive": str(done.archive), "From": f"lamina:{done.image}"}, indent=2))
+    return 0
+
+
+def cmd_cp(args) -> int:
+    from .lifecycle import cp
+
+    print(cp(args.inventory, args.specs, args.src, args.dest, sudo=args.sudo))
     return 0
 
 

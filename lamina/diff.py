@@ -169,6 +169,8 @@ def mount_command(want: MountWant, actual: HostState, lower: Lower | None = None
     opts = f"lowerdir={lower.option}"
     if want.upper and want.work:
         opts += f",upperdir={actual.resolve(want.upper)},workdir={actual.resolve(want.work)}"
+    if want.layers:  # containers: no redirects or metacopy, so the upper dir alone says what changed
+        opts += ",redirect_dir=off,metacopy=off"
     if len(opts) > MAX_MOUNT_DATA:
         raise ValueError(f"overlay options are {len(opts)} bytes; the kernel silently truncates mount data"
                          f" past one page (limit here {MAX_MOUNT_DATA})")

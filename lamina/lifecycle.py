@@ -6,6 +6,7 @@ plan, its layers' paths from the host's facts.
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 import tempfile
 import uuid
@@ -214,3 +215,144 @@ def export(inventory: str, specs: Sequence[str], image: str, out: Path, *, fmt: 
             return write(layers, out, image if ":" in image else f"{image}:latest")
         except ValueError as e:
             raise LaminaError(f"cannot export {image}: {e}") from None
+
+
+# --- cp -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Remote:
+    host: str
+    name: str  # a container or a volume
+    path: str  # inside it
+
+
+def parse_remote(arg: str) -> Remote | None:
+    """HOST:CONTAINER:/path or HOST:VOLUME:path; anything else is a local path."""
+    parts = arg.split(":", 2)
+    if len(parts) != 3 or not parts[0] or not NAME_RE.match(parts[1]):
+        return None
+    return Remote(parts[0], parts[1], parts[2] or "/")
+
+
+def _root(s: Session, host, name: str) -> str:
+    """The directory a container's or volume's paths are relative to, on the host."""
+    plan = s.plans[host.name]
+    for item in plan.items:
+        if item.kind == "container" and item.name == name:
+            return item.mount.target
+    return f"{plan.state_dir}/volumes/{name}/_data"
+
+
+RESOLVE = r"""
+root=$1 p=$2
+[ -d "$root" ] || { echo "missing-root"; exit 0; }
+r=$(realpath -m -- "$root/$p")
+case "$r/" in "$(realpath -m -- "$root")"/*) ;; *) echo "escapes $r"; exit 0 ;; esac
+if [ -d "$r" ]; then echo "dir $r"; elif [ -e "$r" ]; then echo "file $r";
+elif [ -d "$(dirname -- "$r")" ]; then echo "none $r"; else echo "noparent $r"; fi
+"""
+
+
+# Every directory the archive writes into must resolve inside the root (a symlink in the
+# container must not lead the extraction out of it).
+CONFINED = r"""
+root=$(realpath -m -- "$1") into=$2
+shift 2
+for d in "$@"; do
+  case "$(realpath -m -- "$into/$d")/" in
+    "$root"/*) ;;
+    *) echo "lamina: $d leads out of the container" >&2; exit 1 ;;
+  esac
+done
+"""
+
+
+def _resolve(s: Session, host, remote: Remote) -> tuple[str, str]:
+    """(kind, resolved path) of a path inside a container or volume; symlinks may not
+    lead out of it (they are resolved on the host, so an absolute link would)."""
+    root = _root(s, host, remote.name)
+    out = s.run(host, f"sh -c {shlex.quote(RESOLVE)} lamina-cp {shlex.quote(root)} {shlex.quote(remote.path)}")
+    kind, _, path = (out[0] if out else "missing-root").partition(" ")
+    if kind == "missing-root":
+        raise LaminaError(f"{host.name}: no container or volume {remote.name!r} (or it is not mounted)")
+    if kind == "escapes":
+        raise LaminaError(f"{host.name}: {remote.name}:{remote.path} leads out of {remote.name} (to {path})")
+    return kind, path
+
+
+def cp(inventory: str, specs: Sequence[str], src: str, dest: str, *, sudo: bool = False) -> str:
+    """Copy between this machine and a container or volume on a host, as a tar stream;
+    modes and owners are kept. Docker cp's rules: into an existing directory the source
+    goes under its own name (SRC/. copies a directory's contents); otherwise it becomes
+    DEST."""
+    import tarfile
+
+    rsrc, rdest = parse_remote(src), parse_remote(dest)
+    if (rsrc is None) == (rdest is None):
+        raise LaminaError("one side must be HOST:CONTAINER:PATH or HOST:VOLUME:PATH, the other a local path")
+    remote = rsrc or rdest
+    with session(inventory, specs, sudo=sudo, limit=[remote.host]) as s, tempfile.TemporaryDirectory() as tmp:
+        if not s.active:
+            raise LaminaError(f"{remote.host}: {s.report.hosts[remote.host].error}")
+        host = s.active[0]
+        staging = f"{s.plans[host.name].state_dir}/staging"
+        tarball_ = f"{staging}/cp-{uuid.uuid4().hex}.tar"
+        local_tar = Path(tmp) / "cp.tar"
+        if rdest is not None:  # local → host
+            source = Path(src)
+            if not source.exists():
+                raise LaminaError(f"{src}: no such file or directory")
+            kind, target = _resolve(s, host, rdest)
+            contents = src.endswith("/.")
+            if kind == "dir":
+                into, name = target, None if contents else source.resolve().name
+            elif kind == "none" and not rdest.path.endswith("/"):
+                into, name = posixpath.dirname(target), posixpath.basename(target)
+            else:
+                raise LaminaError(f"{dest}: {'parent directory missing' if kind != 'file' else 'not a directory'}")
+            with tarfile.open(local_tar, "w", format=tarfile.PAX_FORMAT) as tf:
+                if name is None:  # the directory's contents
+                    for child in sorted(source.iterdir()):
+                        tf.add(child, arcname=child.name)
+                else:
+                    tf.add(source, arcname=name)
+            with tarfile.open(local_tar) as tf:  # tar -x follows symlinks that are already there
+                dirs = sorted({posixpath.dirname(m.name) for m in tf.getmembers()} - {""})
+            root = _root(s, host, rdest.name)
+            s.run(host, f"sh -c {shlex.quote(CONFINED)} lamina-cp {shlex.quote(root)} {shlex.quote(into)} "
+                        + " ".join(shlex.quote(d) for d in dirs))
+            s.run(host, f"mkdir -p -m 700 -- {shlex.quote(staging)}")
+            try:
+                if not host.put_file(str(local_tar), tarball_, _sudo=s.state.config.SUDO):
+                    raise LaminaError(f"{host.name}: upload failed")
+                s.run(host, f"tar -x -p --numeric-owner -C {shlex.quote(into)} -f {shlex.quote(tarball_)}")
+            finally:
+                s.run(host, f"rm -f -- {shlex.quote(tarball_)}")
+            return f"{host.name}:{rdest.name}:{posixpath.join(into, name or '')[len(_root(s, host, rdest.name)):]}"
+        kind, source = _resolve(s, host, rsrc)  # host → local
+        if kind not in ("dir", "file"):
+            raise LaminaError(f"{src}: no such file or directory")
+        contents = rsrc.path.endswith("/.")
+        parent, base = (source, ".") if contents else (posixpath.dirname(source), posixpath.basename(source))
+        s.run(host, f"mkdir -p -m 700 -- {shlex.quote(staging)} && tar -C {shlex.quote(parent)} --numeric-owner "
+                    f"-cf {shlex.quote(tarball_)} -- {shlex.quote(base)}")
+        try:
+            if not host.get_file(tarball_, str(local_tar), _sudo=s.state.config.SUDO):
+                raise LaminaError(f"{host.name}: download failed")
+        finally:
+            s.run(host, f"rm -f -- {shlex.quote(tarball_)}")
+        target = Path(dest)
+        if target.is_dir():
+            into, rename = target, None
+        elif target.parent.is_dir():
+            into, rename = target.parent, target.name
+        else:
+            raise LaminaError(f"{dest}: parent directory missing")
+        with tarfile.open(local_tar) as tf:
+            members = tf.getmembers()
+            if rename and base != ".":
+                for m in members:
+                    m.name = rename + m.name[len(base):] if m.name == base or m.name.startswith(base + "/") else m.name
+            tf.extractall(into, members=members, filter="tar")
+        return str(into / (rename or ("" if base == "." else base)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import pytest
@@ -79,3 +80,40 @@ def test_reset_drops_the_writable_layer_and_keeps_volumes(host):
     assert lab.run(h, f"test -e {C}/app/merged/root/note || echo gone").stdout == "gone\n"
     assert lab.run(h, f"cat {C}/app/merged/etc/vol-note").stdout == "kept\n"  # the volume is untouched
     assert changed_objects(changes(lab, "--limit", h, spec=spec)) == {h: []}
+
+
+def test_cp_in_and_out_keeps_modes_and_owners(host, tmp_path):
+    lab, h, spec = host
+    changes(lab, "--limit", h, spec=spec)
+    src = tmp_path / "payload"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "tool").write_text("#!/bin/sh\n")
+    (src / "sub" / "tool").chmod(0o750)
+    (src / "data.txt").write_text("data\n")
+    os.chown(src / "data.txt", 1000, 1000)
+    inv = str(lab.inventory)
+    lamina("cp", "-i", inv, "-s", str(spec), str(src), f"{h}:app:/opt")  # /opt missing: becomes /opt
+    assert lab.run(h, f"stat -c '%a %u:%g' {C}/app/merged/opt/sub/tool {C}/app/merged/opt/data.txt").stdout == \
+        "750 0:0\n644 1000:1000\n"
+    lamina("cp", "-i", inv, "-s", str(spec), str(src), f"{h}:app:/root")  # existing dir: goes under its name
+    assert lab.run(h, f"cat {C}/app/merged/root/payload/data.txt").stdout == "data\n"
+    lamina("cp", "-i", inv, "-s", str(spec), str(src) + "/.", f"{h}:plain:/")  # contents into a volume
+    assert lab.run(h, f"cat {C}/app/merged/etc/data.txt").stdout == "data\n"  # seen through the mount
+    out = tmp_path / "out"
+    out.mkdir()
+    lamina("cp", "-i", inv, "-s", str(spec), f"{h}:app:/opt/sub", str(out))
+    assert (out / "sub" / "tool").stat().st_mode & 0o777 == 0o750
+    lamina("cp", "-i", inv, "-s", str(spec), f"{h}:plain:data.txt", str(out / "copy.txt"))
+    assert (out / "copy.txt").read_text() == "data\n" and (out / "copy.txt").stat().st_uid == 1000
+    lab.run(h, f"ln -s /etc {C}/app/merged/escape")
+    bad = lamina("cp", "-i", inv, "-s", str(spec), str(src), f"{h}:app:/escape/x", check=1)
+    assert "leads out of app" in bad.stderr
+    assert lab.run(h, "test -e /etc/x || echo safe").stdout == "safe\n"
+
+
+def test_read_only_volume_mount_is_read_only(host, tmp_path):
+    lab, h, spec = host
+    spec.write_text(spec.read_text().replace("plain:/etc", "plain:/etc:ro"))
+    changes(lab, "--limit", h, spec=spec)
+    r = lab.run(h, f"touch {C}/app/merged/etc/x")
+    assert r.returncode != 0 and "Read-only file system" in r.stderr
