@@ -31,6 +31,8 @@ def _targets(p: argparse.ArgumentParser, spec_required: bool = False) -> None:
     p.add_argument("--limit", action="append", default=[], metavar="HOST",
                    help="only these hosts (repeatable)")
     p.add_argument("--sudo", action="store_true", help="run remote commands through sudo")
+    p.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for another run's lock on a host (default 60)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -178,7 +180,8 @@ def cmd_schema(args) -> int:
 def _run(args, apply: bool) -> int:
     from .runner import run
 
-    report = run(args.inventory, args.specs, apply=apply, sudo=args.sudo, limit=args.limit)
+    report = run(args.inventory, args.specs, apply=apply, sudo=args.sudo, limit=args.limit,
+                 lock_timeout=args.lock_timeout)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

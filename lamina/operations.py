@@ -16,7 +16,7 @@ from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 
 from . import diff as diffing
-from . import facts
+from . import facts, lock
 from .materialize import known, materialize
 from .plan import HostPlan
 
@@ -34,13 +34,21 @@ class LaminaState(FactBase):
 
 
 @operation(is_idempotent=True)
-def converge(plans: Mapping[str, HostPlan], record: Recorder | None = None):
+def converge(plans: Mapping[str, HostPlan], record: Recorder | None = None,
+             lock_timeout: float = lock.DEFAULT_TIMEOUT):
     """Bring this host to its plan: layers, directories, mounts, purges."""
     plan = plans.get(host.name)
     if plan is None:
         return
     actual = host.get_fact(LaminaState, plan=plan)
     result = diffing.diff(plan, actual)
+    if (result.changes or result.errors) and host.state.is_executing:
+        # About to act: hold the host's lock, then look again — another run may have
+        # changed the host while we waited.
+        sudo = bool((host.current_op_global_arguments or {}).get("_sudo")) or host.state.config.SUDO
+        yield FunctionCommand(lock.acquire, (lock_timeout, sudo), {})
+        actual = host.get_fact(LaminaState, plan=plan)
+        result = diffing.diff(plan, actual)
     if record is not None:
         record(host.name, plan, actual, result)
     if result.errors:

@@ -216,7 +216,7 @@ def session(inventory_path: str, specs: Sequence[str], *, sudo: bool = False, li
 
 
 def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = False,
-        limit: Sequence[str] = (), gc: bool = False) -> Report:
+        limit: Sequence[str] = (), gc: bool = False, lock_timeout: float = 60.0) -> Report:
     """Plan (and with apply=True, execute) on every host of the inventory. `gc`: instead,
     remove layers that nothing in the specs (nor any mounted overlay) uses."""
     from pyinfra.api.exceptions import PyinfraError
@@ -229,7 +229,8 @@ def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = 
         report, state = s.report, s.state
         if not s.active:
             return report
-        results = add_op(state, converge, plans=s.plans, record=report.record, name="lamina: converge")
+        results = add_op(state, converge, plans=s.plans, record=report.record, lock_timeout=lock_timeout,
+                         name="lamina: converge")
         if apply:
             try:
                 run_ops(state)
