@@ -31,6 +31,8 @@ def _targets(p: argparse.ArgumentParser, spec_required: bool = False) -> None:
     p.add_argument("--limit", action="append", default=[], metavar="HOST",
                    help="only these hosts (repeatable)")
     p.add_argument("--sudo", action="store_true", help="run remote commands through sudo")
+    p.add_argument("--check-layers", action="store_true",
+                   help="also re-read every stored layer and replace those whose content changed (slow)")
     p.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="how long to wait for another run's lock on a host (default 60)")
 
@@ -55,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="show, per host, what apply would change and why")
     _targets(pl)
     pl.add_argument("--json", action="store_true", help="machine-readable output")
+    pl.add_argument("--prune", action="store_true", help="show what --prune would unmount")
     pl.add_argument("--detailed-exitcode", action="store_true",
                     help="exit 3 when there are changes (like terraform)")
     pl.set_defaults(func=cmd_plan)
@@ -62,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
     ap = sub.add_parser("apply", help="converge hosts to the specs")
     _targets(ap)
     ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.add_argument("--prune", action="store_true", help="unmount what lamina mounted before but no spec names now")
     ap.set_defaults(func=cmd_apply)
 
     ve = sub.add_parser("verify", help="check hosts against the specs with pytest-testinfra over SSH")
@@ -181,7 +185,8 @@ def _run(args, apply: bool) -> int:
     from .runner import run
 
     report = run(args.inventory, args.specs, apply=apply, sudo=args.sudo, limit=args.limit,
-                 lock_timeout=args.lock_timeout)
+                 lock_timeout=args.lock_timeout, prune=getattr(args, "prune", False),
+                 check_layers=args.check_layers)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

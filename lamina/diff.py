@@ -12,6 +12,7 @@ mounted by a second comparison made after that.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import shlex
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class Materialize:
     action: str  # ship | build | relink
     ref: LayerRef
     digest: str | None = None  # known digest (relink, or a cached run layer to rebuild)
+    damaged: bool = False  # the stored layer's content changed: move it aside first
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Result:
     unchanged: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     materialize: list[Materialize] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -220,16 +223,17 @@ def dir_fix(d: Dir, actual: HostState, created: set[str], blind: bool) -> DirFix
         return DirFix(error=f"{d.path} does not exist (create it, or set create_source: true)")
     if not info.is_dir and d.create:
         return DirFix(error=f"{d.path} is a {info.type}, not a directory")
-    if d.mode is not None and info.mode != d.mode:
-        return DirFix(reason=f"{d.path} has mode {info.mode:o}, want {d.mode:o}",
-                      commands=(f"chmod {d.mode:o} -- {q(d.path)}",))
+    if d.mode is not None and (info.mode, info.uid, info.gid) != (d.mode, 0, 0):  # state dirs: root's
+        return DirFix(reason=f"{d.path} has mode {info.mode:o} and owner {info.uid}:{info.gid}, want {d.mode:o} 0:0",
+                      commands=(f"chown 0:0 -- {q(d.path)}", f"chmod {d.mode:o} -- {q(d.path)}"))
     return DirFix()
 
 
 class _Run:
     """The state of one comparison as it walks the plan's items in order."""
 
-    def __init__(self, plan: HostPlan, actual: HostState):
+    def __init__(self, plan: HostPlan, actual: HostState, replaced: frozenset[str] = frozenset()):
+        self.replaced = replaced  # layers replaced in this run: containers on them are remounted
         self.host = Host(plan, actual)
         self.actual = actual
         self.result = Result()
@@ -241,9 +245,27 @@ class _Run:
     def inside(self, path: str, targets: set[str]) -> bool:
         return any(path.startswith(t.rstrip("/") + "/") for t in targets)
 
+    def lost_upper(self, item: Item) -> str | None:
+        """An upper dir that is gone although the overlay was set up before: its work dir
+        is still there, or the overlay is still mounted on it."""
+        precious = [d for d in item.dirs if d.precious]
+        if not precious or item.mount is None:
+            return None
+        upper = precious[0].path
+        info = self.actual.paths.get(upper)
+        if info is not None and info.exists:
+            return None
+        work = self.actual.paths.get(item.mount.work or "")
+        stack = self.actual.stack(item.mount.target)
+        mounted = any(m.fstype == "overlay" and m.super_option("upperdir") == self.actual.resolve(upper) for m in stack)
+        return upper if mounted or (work is not None and work.exists) else None
+
     def layer(self, item: Item) -> Change | None:
         ref = item.layer
         hex_ = self.host.digest(ref)
+        if hex_ is not None and hex_ in self.actual.damaged:
+            self.result.materialize.append(Materialize("ship" if ref.layer else "build", ref, hex_, damaged=True))
+            return Change(item.key, ["content changed since it was stored (seal mismatch): replaced"])
         if hex_ is None:
             self.result.materialize.append(Materialize("build", ref))
             return Change(item.key, [f"not built yet: {_short(ref.run.command)}"])
@@ -269,6 +291,13 @@ class _Run:
         if parent is not None and parent in self.pending:
             self.pending.add(actual.resolve(item.mount.target))
             return Change(item.key, ["waits for its container's image"])
+        lost = self.lost_upper(item)
+        if lost:
+            self.result.errors.append(
+                f"{item.key}: its writable layer {lost} was deleted, and the data written there with it; "
+                f"lamina will not re-create it silently (`lamina reset` starts a container afresh, or "
+                f"create the directory yourself)")
+            return Change(item.key, [f"LOST DATA: {lost} was deleted"])
         for d in item.dirs:
             if d.path in self.seen:  # several items may need one directory; make it once
                 continue
@@ -300,6 +329,9 @@ class _Run:
                 why = ["remounted with the tree it lies in"] if stack else ["not mounted"]
             else:
                 why = compare_mount(want, stack[-1] if stack else None, self.host, lower)
+                replaced = [d for d in (self.host.digest(r) for r in want.layers) if d in self.replaced]
+                if stack and not why and replaced:
+                    why = [f"layer {replaced[0][:12]} was replaced: remount to use it"]
             if why:
                 reasons += why
                 if target not in self.pending:
@@ -348,8 +380,8 @@ def _short(command: str, width: int = 40) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def diff(plan: HostPlan, actual: HostState) -> Result:
-    run = _Run(plan, actual)
+def diff(plan: HostPlan, actual: HostState, replaced: frozenset[str] = frozenset()) -> Result:
+    run = _Run(plan, actual, replaced)
     if plan.gc:  # garbage collection only: nothing else of the plan is applied
         run.result.changes = _garbage(run.host)
         return run.result
@@ -364,6 +396,7 @@ def diff(plan: HostPlan, actual: HostState) -> Result:
             run.result.changes.append(change)
         else:
             run.result.unchanged.append(item.key)
+    _orphans(plan, actual, run.result)
     if actual.staging and not run.result.materialize:
         debris = [posixpath.join(plan.state_dir, "staging", name) for name in actual.staging]
         run.result.changes.append(Change(
@@ -371,6 +404,28 @@ def diff(plan: HostPlan, actual: HostState) -> Result:
             purge=[f"if mountpoint -q {q(p)}/merged; then umount -R -l {q(p)}/merged; fi; "
                    f"rm -rf --one-file-system -- {q(p)}" for p in debris]))
     return run.result
+
+
+def _orphans(plan: HostPlan, actual: HostState, result: Result) -> None:
+    """Mounts lamina made before that no spec names now: reported, unmounted only with
+    --prune. The host's list of them is rewritten along with other changes."""
+    try:
+        before = set(json.loads(actual.files.get(plan.managed_file) or "[]"))
+    except ValueError:
+        before = set()
+    current = set(plan.targets())
+    orphans = sorted(t for t in before - current if actual.stack(t))
+    if plan.prune:
+        for t in sorted(orphans, key=depth, reverse=True):
+            result.changes.append(Change(f"orphan {t}", ["no spec names it (--prune)"],
+                                         unmount=[f"umount -R -- {q(t)}"], depth=depth(t)))
+        orphans = []
+    result.warnings += [f"orphan mount {t}: no spec names it now; left mounted (--prune unmounts it)"
+                        for t in orphans]
+    keep = json.dumps(sorted(current | set(orphans)))
+    if result.changes and actual.files.get(plan.managed_file) != keep:
+        result.changes[-1].purge.append(f"mkdir -p -m 700 -- {q(plan.state_dir)} && "
+                                        f"printf '%s\\n' {q(keep)} > {q(plan.managed_file)}")
 
 
 def _garbage(host: Host) -> list[Change]:

@@ -103,6 +103,7 @@ class HostState:
     layers: frozenset[str] = frozenset()  # hex digests in <state_dir>/layers
     links: dict[str, str] = field(default_factory=dict)  # short link name → its target
     staging: tuple[str, ...] = ()  # leftovers of interrupted layer builds
+    damaged: frozenset[str] = frozenset()  # layers whose content no longer matches their seal
 
     def resolve(self, path: str) -> str:
         info = self.paths.get(path)
@@ -146,8 +147,17 @@ def command(plan: HostPlan) -> str:
         *([f"for f in {files}; do if [ -f \"$f\" ]; then printf '%s\\t%s\\n' \"$f\" \"$(cat -- \"$f\")\"; fi; done"]
           if files else []),
         *(_store_listing(plan.state_dir) if plan.images or plan.gc else []),
+        *(_seal_check(plan.state_dir) if plan.check_layers else []),
         f"echo {MARK}-end",
     ])
+
+
+def _seal_check(state_dir: str) -> list[str]:
+    """Every stored layer's content against its seal: prints the damaged ones."""
+    from .materialize import command
+
+    sd = shlex.quote(state_dir)
+    return [f"echo {MARK}-seals; {command('checkseal', state_dir)} $(ls -1 -- {sd}/layers 2>/dev/null) || :"]
 
 
 def _store_listing(state_dir: str) -> list[str]:
@@ -192,6 +202,7 @@ def parse(lines: Sequence[str]) -> HostState:
         layers=frozenset(x.strip() for x in sections.get("layers", []) if x.strip()),
         links=links,
         staging=tuple(x.strip() for x in sections.get("staging", []) if x.strip()),
+        damaged=frozenset(line.split(":")[0] for line in sections.get("seals", []) if ":" in line),
         mounts=tuple(parse_mountinfo(sections.get("mountinfo", []))),
         paths=paths,
         util_linux=tuple(int(g) for g in version.groups() if g) if version else (),

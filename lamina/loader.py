@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import posixpath
 import re
+import reprlib
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.sandbox
 import yaml
 from pydantic import ValidationError
 
@@ -67,26 +69,54 @@ class LoadedSpec:
 def dotted(loc: Loc) -> str:
     out = ""
     for part in loc:
+        if isinstance(part, str) and not part.isprintable():
+            part = repr(part)  # a key with a newline would break the one-line error
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
+def one_line(error: SpecError) -> SpecError:
+    """Every error is one line, whatever text (a file name, a library's message) it quotes."""
+    if error.message.isprintable() and error.file.isprintable():
+        return error
+    clean = lambda s: "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)  # noqa: E731
+    return SpecError(clean(error.file), error.line, error.col, clean(error.message))
+
+
 # --- render ---------------------------------------------------------------------------
+
+
+class _Sandbox(jinja2.sandbox.SandboxedEnvironment):
+    """Templates cannot reach Python internals (validate touches nothing), nor compute
+    numbers or strings that would never finish (`10**10**10`, `'x' * 10**12`)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+    LIMIT = 10_000_000
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1 \
+                and right * max(abs(left), 2).bit_length() > self.LIMIT:
+            raise jinja2.sandbox.SecurityError(f"{left} ** {right} is too big")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > self.LIMIT:
+                    raise jinja2.sandbox.SecurityError(f"a sequence repeated {n} times is too long")
+        return super().call_binop(context, operator, left, right)
 
 
 def render(text: str, file: str, variables: Mapping[str, Any]) -> str:
     """Render Jinja2 in a spec file; plain YAML passes through untouched."""
     if "{{" not in text and "{%" not in text and "{#" not in text:
         return text
-    env = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
-    )
+    env = _Sandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     try:
         return env.from_string(text).render(**variables)
     except jinja2.TemplateSyntaxError as e:
         raise SpecInvalid([SpecError(file, e.lineno or 1, 1, f"template: {e.message}")]) from None
     except jinja2.TemplateError as e:
         raise SpecInvalid([SpecError(file, _template_line(e), 1, f"template: {e}")]) from None
+    except Exception as e:  # 1/0, 'a' + 1, include without a loader, ...
+        raise SpecInvalid([SpecError(file, _template_line(e), 1, f"template: {type(e).__name__}: {e}")]) from None
 
 
 def _template_line(exc: BaseException) -> int:
@@ -103,50 +133,98 @@ def _template_line(exc: BaseException) -> int:
 # --- parse ----------------------------------------------------------------------------
 
 
+# Aliases let a few lines of YAML stand for billions of values ("billion laughs");
+# a spec has far fewer values than this.
+MAX_VALUES = 200_000
+
+
 def parse(text: str, file: str) -> Document:
     """YAML → plain data, remembering where each value and key stood."""
     doc = Document(file, None)
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # checks every character first
         node = loader.get_single_node()
         if node is None:
             doc.data = {}
             return doc
-        doc.data = _build(loader, node, (), doc)
+        doc.data = _build(loader, node, (), doc, set())
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = e.problem or e.context or "invalid YAML"
         raise SpecInvalid([SpecError(file, line, col, f"YAML: {problem}")]) from None
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (control characters)
+        line = text.count("\n", 0, e.position) + 1
+        col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        raise SpecInvalid([SpecError(file, line, col, f"YAML: unacceptable character #x{e.character:04x}:"
+                                     f" {e.reason}")]) from None
     except yaml.YAMLError as e:
         raise SpecInvalid([SpecError(file, 1, 1, f"YAML: {e}")]) from None
+    except RecursionError:
+        mark = loader.get_mark()
+        raise SpecInvalid([SpecError(file, mark.line + 1, mark.column + 1, "YAML: nested too deeply")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return doc
 
 
-def _build(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, doc: Document) -> Any:
-    doc.values[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # YAML merge keys (<<)
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, doc: Document) -> Any:
+    """A scalar (or a !!set, !!omap ...): PyYAML raises plain ValueError, KeyError ... for
+    values its resolver accepted but cannot build (2001-13-45, !!int abc, 5000 digits)."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError:
+        raise
+    except Exception as e:
+        value = node.value if isinstance(node, yaml.ScalarNode) else node.tag
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        why = f": {str(e).split(';')[0]}" if isinstance(e, ValueError) else ""
+        raise SpecInvalid([SpecError(doc.file, node.start_mark.line + 1, node.start_mark.column + 1,
+                                     f"YAML: cannot read {shown!r} as {node.tag.rsplit(':', 1)[-1]}{why}")]) from None
+
+
+def _build(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, doc: Document, active: set[int]) -> Any:
+    """`active`: the nodes being built around this one; meeting one again is a recursive alias."""
+    where = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if id(node) in active:
+        raise SpecInvalid([SpecError(doc.file, *where, f"YAML: {dotted(loc) or 'spec'}: an alias refers to itself")])
+    if len(doc.values) >= MAX_VALUES:
+        raise SpecInvalid([SpecError(doc.file, *where, f"YAML: more than {MAX_VALUES} values"
+                                     " (aliases expanding too much?)")])
+    doc.values[loc] = where
+    if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        return _construct(loader, node, doc)
+    active.add(id(node))
+    try:
+        if isinstance(node, yaml.SequenceNode):
+            return [_build(loader, item, loc + (i,), doc, active) for i, item in enumerate(node.value)]
+        merged = getattr(node, "lamina_merged", None)  # an aliased node is built again, already flat
+        if merged is None:
+            n_explicit = sum(k.tag != "tag:yaml.org,2002:merge" for k, _ in node.value)
+            loader.flatten_mapping(node)  # YAML merge keys (<<): merged pairs first, then the explicit ones
+            merged = node.lamina_merged = len(node.value) - n_explicit
         out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+        explicit: set[str] = set()
+        for i, (key_node, value_node) in enumerate(node.value):
+            key = _construct(loader, key_node, doc)
             key_mark = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             if not isinstance(key, str):
-                raise SpecInvalid(
-                    [SpecError(doc.file, *key_mark, f"{dotted(loc) or 'spec'}: key {key!r} must be a string")]
-                )
-            if key in out:
+                raise SpecInvalid([SpecError(doc.file, *key_mark,
+                                             f"{dotted(loc) or 'spec'}: key {reprlib.repr(key)} must be a string")])
+            # Merged keys give way to later ones, as YAML says; explicit keys must be unique.
+            if key in explicit:
                 raise SpecInvalid(
                     [SpecError(doc.file, *key_mark, f"{dotted(loc + (key,))}: duplicate key {key!r}")]
                 )
+            if i >= merged:
+                explicit.add(key)
             doc.keys[loc + (key,)] = key_mark
-            out[key] = _build(loader, value_node, loc + (key,), doc)
+            out[key] = _build(loader, value_node, loc + (key,), doc, active)
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, item, loc + (i,), doc) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    finally:
+        active.discard(id(node))
 
 
 # --- validate -------------------------------------------------------------------------
@@ -157,6 +235,8 @@ def read_text(path: Path) -> str:
         raw = path.read_bytes()
     except OSError as e:
         raise SpecInvalid([SpecError(str(path), 1, 1, f"cannot read: {e.strerror}")]) from None
+    except ValueError as e:  # a NUL in the name
+        raise SpecInvalid([SpecError(str(path), 1, 1, f"cannot read: {e}")]) from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -185,11 +265,14 @@ def load(paths: Iterable[str | Path], variables: Mapping[str, Any] | None = None
         except SpecInvalid as e:
             errors.extend(e.errors)
     if errors:
-        raise SpecInvalid(sorted(errors, key=lambda e: (e.file, e.line, e.col)))
-    loaded = merge(specs)
+        raise SpecInvalid([one_line(e) for e in sorted(errors, key=lambda e: (e.file, e.line, e.col))])
+    try:
+        loaded = merge(specs)
+    except SpecInvalid as e:
+        raise SpecInvalid([one_line(err) for err in e.errors]) from None
     errors = check_spec(loaded)
     if errors:
-        raise SpecInvalid(errors)
+        raise SpecInvalid([one_line(e) for e in errors])
     return loaded
 
 
@@ -458,4 +541,4 @@ def _check_mount(spec: Spec, m, loc: Loc, err) -> None:
 
 def report(e: SpecInvalid, stream=sys.stderr) -> None:
     for error in e.errors:
-        print(error, file=stream)
+        print(one_line(error), file=stream)

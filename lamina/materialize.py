@@ -76,6 +76,9 @@ def materialize(state, host, plan: HostPlan, todo: list[Materialize], names: Map
 
     try:
         run(command("clean", sd))  # leftovers of an interrupted run go first
+        damaged = [m.digest for m in todo if m.damaged]
+        if damaged:
+            run(command("quarantine", sd, *damaged))
         relinks = [m.digest for m in todo if m.action == "relink"]
         if relinks:
             names.update(parse_layers(run(command("relink", sd, *relinks))))

@@ -61,7 +61,8 @@ def converge(plans: Mapping[str, HostPlan], record: Recorder | None = None,
         yield FunctionCommand(materialize, (plan, result.materialize, view.names,
                                             known(view, plan.layers.values()), args), {})
         # the layers are there now: compare again to mount what waited for them
-        result = diffing.diff(plan, host.get_fact(LaminaState, plan=plan))
+        replaced = frozenset(m.digest for m in result.materialize if m.damaged)
+        result = diffing.diff(plan, host.get_fact(LaminaState, plan=plan), replaced)
         if result.errors or result.materialize:
             problems = result.errors or [f"{m.ref.label}: still missing after shipping" for m in result.materialize]
             yield StringCommand("printf", "'lamina: %s\\n'", *map(diffing.q, problems), ">&2;", "exit 1")

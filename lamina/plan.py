@@ -25,6 +25,7 @@ class Dir:
     mode: int | None = None  # enforced when set; else only the mode of a new dir
     create: bool = True  # False: must already exist (a bind source without create_source)
     new_mode: int = 0o755
+    precious: bool = False  # holds written data (an upper dir): never re-created silently
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,13 @@ class HostPlan:
     items: tuple[Item, ...]
     images: dict[str, ImagePlan] = field(default_factory=dict)
     gc: bool = False  # compare only the layer store: remove layers nothing uses
+    prune: bool = False  # unmount what lamina mounted before but no spec names now
+    check_layers: bool = False  # re-check every stored layer's content against its seal (reads it all)
+
+    @property
+    def managed_file(self) -> str:
+        """Where the host remembers what lamina mounted, to tell orphans later."""
+        return posixpath.join(self.state_dir, "mounts.json")
 
     @property
     def layers(self) -> dict[str, LayerRef]:
@@ -78,9 +86,14 @@ class HostPlan:
     def cache_file(self, ref: LayerRef) -> str:
         return posixpath.join(self.state_dir, "cache", ref.key)
 
+    def targets(self) -> list[str]:
+        """The mount targets of present items."""
+        return sorted(i.mount.target for i in self.items if i.mount and i.state == "present")
+
     def files(self) -> list[str]:
-        """Small files whose content the facts report: managed files and build-cache entries."""
-        managed = [path for item in self.items for path, _ in item.files]
+        """Small files whose content the facts report: managed files, the list of what
+        lamina mounted, and build-cache entries."""
+        managed = [path for item in self.items for path, _ in item.files] + [self.managed_file]
         return managed + [self.cache_file(ref) for ref in self.layers.values() if ref.run is not None]
 
     def paths(self) -> list[str]:
@@ -168,7 +181,7 @@ def plan(spec: Spec, images: dict[str, ImagePlan] | None = None) -> HostPlan:
     for name, ov in spec.overlays.items():
         dirs = [Dir(p) for p in ov.lower]
         if ov.upper and ov.work:
-            dirs += [Dir(ov.upper), Dir(ov.work, new_mode=0o700)]
+            dirs += [Dir(ov.upper, precious=True), Dir(ov.work, new_mode=0o700)]
         mounts.append(Item(
             "overlay", name, ov.state,
             dirs=tuple(dirs + [Dir(ov.target)]) if ov.state == "present" else (),
@@ -198,7 +211,8 @@ def plan(spec: Spec, images: dict[str, ImagePlan] | None = None) -> HostPlan:
         upper, work = f"{cdir}/upper", f"{cdir}/work"
         mounts.append(Item(
             "container", name, c.state,
-            dirs=(Dir(containers_dir, STATE_MODE), Dir(cdir, STATE_MODE), Dir(upper), Dir(work, new_mode=0o700),
+            dirs=(Dir(containers_dir, STATE_MODE), Dir(cdir, STATE_MODE), Dir(upper, precious=True),
+                  Dir(work, new_mode=0o700),
                   Dir(target)) if c.state == "present" else (),
             mount=MountWant("overlay", target, "overlay", upper=upper, work=work,
                             layers=tuple(reversed(images[c.image].layers)) if c.image in images else ()),

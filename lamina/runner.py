@@ -106,6 +106,7 @@ class Report:
                 "changed": [{"object": c.key, "reasons": c.reasons} for c in (h.result.changes if h.result else [])],
                 "unchanged": list(h.result.unchanged) if h.result else [],
                 "errors": list(h.result.errors) if h.result else [],
+                "warnings": list(h.result.warnings) if h.result else [],
                 "failed": h.error,
             } for h in self.hosts.values()
         }}
@@ -116,6 +117,7 @@ class Report:
             if h.result and not h.error:
                 for c in h.result.changes:
                     out += [f"{h.name} {c.key}: {r}" for r in c.reasons]
+                out += [f"{h.name} warning: {w}" for w in h.result.warnings]
             if h.error:
                 out.append(f"{h.name}: FAILED: {h.error}")
             elif h.result:
@@ -169,7 +171,8 @@ class Session:
 
 @contextmanager
 def session(inventory_path: str, specs: Sequence[str], *, sudo: bool = False, limit: Sequence[str] = (),
-            gc: bool = False, state_dir: str | None = None) -> Iterator[Session]:
+            gc: bool = False, state_dir: str | None = None, prune: bool = False,
+            check_layers: bool = False) -> Iterator[Session]:
     """Validate and plan every selected host, then connect to them; hosts that cannot be
     reached are reported failed in the session's report."""
     from pyinfra.api import Config, State
@@ -187,7 +190,8 @@ def session(inventory_path: str, specs: Sequence[str], *, sudo: bool = False, li
             plans[h.name] = HostPlan(state_dir, ())
             continue
         try:
-            plans[h.name] = replace(host_plan(h.name, h.data.dict(), specs), gc=gc)
+            plans[h.name] = replace(host_plan(h.name, h.data.dict(), specs), gc=gc, prune=prune,
+                                    check_layers=check_layers)
         except SpecInvalid as e:
             errors += [err for err in e.errors if err not in errors]
     if errors:
@@ -216,7 +220,8 @@ def session(inventory_path: str, specs: Sequence[str], *, sudo: bool = False, li
 
 
 def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = False,
-        limit: Sequence[str] = (), gc: bool = False, lock_timeout: float = 60.0) -> Report:
+        limit: Sequence[str] = (), gc: bool = False, lock_timeout: float = 60.0, prune: bool = False,
+        check_layers: bool = False) -> Report:
     """Plan (and with apply=True, execute) on every host of the inventory. `gc`: instead,
     remove layers that nothing in the specs (nor any mounted overlay) uses."""
     from pyinfra.api.exceptions import PyinfraError
@@ -225,7 +230,7 @@ def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = 
 
     from .operations import converge
 
-    with session(inventory_path, specs, sudo=sudo, limit=limit, gc=gc) as s:
+    with session(inventory_path, specs, sudo=sudo, limit=limit, gc=gc, prune=prune, check_layers=check_layers) as s:
         report, state = s.report, s.state
         if not s.active:
             return report

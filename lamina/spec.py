@@ -17,8 +17,12 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 DEFAULT_STATE_DIR = "/var/lib/lamina"
 
-# Docker's volume name rule (moby volume/local); used for every object name.
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+# Docker's volume name rule (moby volume/local); used for every object name. \Z, not $:
+# "$" also matches before a final newline.
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+\Z")
+# A name is a directory name on hosts (NAME_MAX 255), twice part of a container's overlay
+# options, which must fit one page next to 500 short layer links.
+MAX_NAME = 128
 PROTECTED = ("/proc", "/sys", "/dev", "/boot")
 # The overlay mount option string separates options with "," and layers with ":",
 # and treats "\" as an escape; rather than half-support them we refuse them.
@@ -28,19 +32,26 @@ OVERLAY_UNSAFE = re.compile(r"[,:\\\s]")
 def _check_name(value: str) -> str:
     if not NAME_RE.match(value):
         raise ValueError(
-            f"invalid name {value!r}: use 2+ characters [a-zA-Z0-9_.-], starting with a letter or digit"
+            f"invalid name {_show(value)}: use 2+ characters [a-zA-Z0-9_.-], starting with a letter or digit"
         )
+    if len(value) > MAX_NAME:
+        raise ValueError(f"invalid name {_show(value)}: longer than {MAX_NAME} characters")
     return value
+
+
+def _show(value: str, width: int = 80) -> str:
+    """A value quoted in an error message; a 10 MB one is cut."""
+    return repr(value) if len(value) <= width else repr(value[:width]) + f"... ({len(value)} characters)"
 
 
 def check_path(value: str) -> str:
     """An absolute, normalised path with no control characters."""
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"path {value!r} contains a control character")
+        raise ValueError(f"path {_show(value)} contains a control character")
     if not value.startswith("/"):
-        raise ValueError(f"path {value!r} must be absolute")
+        raise ValueError(f"path {_show(value)} must be absolute")
     if ".." in value.split("/"):
-        raise ValueError(f"path {value!r} must not contain '..'")
+        raise ValueError(f"path {_show(value)} must not contain '..'")
     norm = posixpath.normpath(value)
     if norm.startswith("//"):
         norm = "/" + norm.lstrip("/")
@@ -53,7 +64,7 @@ def _check_target(value: str) -> str:
         raise ValueError("target must not be '/'")
     for p in PROTECTED:
         if value == p or value.startswith(p + "/"):
-            raise ValueError(f"target {value!r} lies under {p}, which lamina never mounts over")
+            raise ValueError(f"target {_show(value)} lies under {p}, which lamina never mounts over")
     return value
 
 
@@ -61,9 +72,28 @@ def _check_overlay_path(value: str) -> str:
     value = check_path(value)
     if OVERLAY_UNSAFE.search(value):
         raise ValueError(
-            f"path {value!r} contains ',', ':', '\\' or white space, which overlay mount options"
+            f"path {_show(value)} contains ',', ':', '\\' or white space, which overlay mount options"
             " cannot carry"
         )
+    return value
+
+
+# lamina makes its state dir root's, mode 700: never one that the system needs open.
+SYSTEM_DIRS = frozenset({
+    "/", "/bin", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt", "/opt", "/root", "/run",
+    "/sbin", "/srv", "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local", "/usr/sbin", "/usr/share",
+    "/var", "/var/lib", "/var/log", "/var/tmp",
+})
+
+
+def _check_state_dir(value: str) -> str:
+    value = _check_overlay_path(value)  # containers' upperdir= and workdir= lie in it
+    if value in SYSTEM_DIRS:
+        raise ValueError(f"state_dir {_show(value)} is a system directory; lamina makes its state dir"
+                         " root-only (mode 700): use a directory of its own, e.g. /var/lib/lamina")
+    for p in PROTECTED:
+        if value == p or value.startswith(p + "/"):
+            raise ValueError(f"state_dir {_show(value)} lies under {p}, which lamina never mounts over")
     return value
 
 
@@ -88,9 +118,26 @@ class BindOptions(_Model):
     )
 
 
+def _check_size(value: int | str) -> int | str:
+    if isinstance(value, int) and value < 0 or isinstance(value, str) and not re.fullmatch(
+            r"[0-9]+[kKmMgGtTpPeE%]?", value):
+        raise ValueError(f"size {_show(str(value))}: use bytes, or a number with k, m, g or %")
+    return value
+
+
+def _check_mode(value: int) -> int:
+    if not 0 <= value <= 0o7777:
+        raise ValueError(f"mode {value} is not a permission mode (0 to 0o7777)")
+    return value
+
+
+Mode = Annotated[int, AfterValidator(_check_mode)]
+
+
 class TmpfsOptions(_Model):
-    size: int | str | None = Field(None, description="Size limit, as tmpfs's size= option.")
-    mode: int | None = Field(None, description="Mode of the tmpfs root, e.g. 0o1777 or 1023.")
+    size: Annotated[int | str, AfterValidator(_check_size)] | None = Field(
+        None, description="Size limit, as tmpfs's size= option.")
+    mode: Mode | None = Field(None, description="Mode of the tmpfs root, e.g. 0o1777 or 1023.")
 
 
 def _short_mount(value: Any) -> Any:
@@ -103,7 +150,7 @@ def _short_mount(value: Any) -> Any:
         mode = parts.pop()
     if len(parts) != 2 or mode not in (None, "ro", "rw"):
         raise ValueError(
-            f"mount {value!r}: expected 'VOLUME:/path[:ro]' or '/host/path:/path[:ro]'"
+            f"mount {_show(value)}: expected 'VOLUME:/path[:ro]' or '/host/path:/path[:ro]'"
         )
     source, target = parts
     out: dict[str, Any] = {"source": source, "target": target, "read_only": mode == "ro"}
@@ -133,13 +180,35 @@ ShortOrLongMount = Annotated[Mount, BeforeValidator(_short_mount)]
 
 def _check_fstype(value: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", value):
-        raise ValueError(f"invalid filesystem type {value!r}")
+        raise ValueError(f"invalid filesystem type {_show(value)}")
     return value
 
 
 def _check_option(value: str) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"{value!r} contains a control character")
+        raise ValueError(f"{_show(value)} contains a control character")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_check_option)]  # one line, no control characters
+
+
+def _check_env_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError(f"invalid variable name {_show(value)}: use [A-Za-z_][A-Za-z0-9_]*")
+    return value
+
+
+def _check_env_value(value: str) -> str:
+    # The run script passes NAME=VALUE lines to env(1): a newline would start another variable.
+    if "\n" in value or "\0" in value:
+        raise ValueError(f"value {_show(value)} contains a newline or NUL")
+    return value
+
+
+def _check_script(value: str) -> str:
+    if "\0" in value:  # the shell would see the command cut there
+        raise ValueError("command contains a NUL character")
     return value
 
 
@@ -147,8 +216,8 @@ class DriverOpts(_Model):
     """Docker's local driver options: the volume's _data is a mount of its own."""
 
     type: Annotated[str, AfterValidator(_check_fstype)] = Field(description="Filesystem type: tmpfs, nfs, ...")
-    o: Annotated[str, AfterValidator(_check_option)] | None = Field(None, description="Mount options, as mount -o.")
-    device: Annotated[str, AfterValidator(_check_option)] | None = Field(
+    o: Text | None = Field(None, description="Mount options, as mount -o.")
+    device: Text | None = Field(
         None, description="What to mount, e.g. server:/export (default: the type).")
 
 
@@ -170,7 +239,7 @@ class Overlay(_Model):
         None, description="Work directory, on the same filesystem as upper."
     )
     target: Target = Field(description="Where the merged tree is mounted.")
-    label: str | None = Field(
+    label: Text | None = Field(
         None, description="Mount source shown in mount tables (default: lamina-NAME)."
     )
     mounts: list[ShortOrLongMount] = Field(
@@ -195,7 +264,7 @@ class Bind(_Model):
 class CopyStep(_Model):
     src: str = Field(description="File or directory, relative to the spec's files/ (or the spec's) directory.")
     dest: str = Field(description="Where in the image; a trailing / copies a file into that directory.")
-    mode: int | None = Field(None, description="Permission bits for copied files, e.g. 0o644 or 420.")
+    mode: Mode | None = Field(None, description="Permission bits for copied files, e.g. 0o644 or 420.")
     owner: str | None = Field(None, description="Numeric UID:GID of copied entries (default 0:0).")
 
 
@@ -209,8 +278,10 @@ class Step(_Model):
 
     copy_: CopyStep | None = Field(None, alias="copy", description="Docker COPY.")
     add: AddStep | None = Field(None, description="Docker ADD of a local archive: extracted at dest.")
-    run: str | None = Field(None, description="Shell command run in a chroot of the parent image.")
-    env: dict[str, str] = Field(default_factory=dict, description="Environment of a run step.")
+    run: Annotated[str, AfterValidator(_check_script)] | None = Field(
+        None, description="Shell command run in a chroot of the parent image.")
+    env: dict[Annotated[str, AfterValidator(_check_env_name)], Annotated[str, AfterValidator(_check_env_value)]] = \
+        Field(default_factory=dict, description="Environment of a run step.")
     workdir: str | None = Field(None, description="Working directory of a run step (created if missing).")
 
 
@@ -237,7 +308,7 @@ class Container(_Model):
 class Spec(_Model):
     """A whole spec: one or more files merged."""
 
-    state_dir: Path = Field(DEFAULT_STATE_DIR, description="Where lamina keeps layers, volumes and containers.")
+    state_dir: Annotated[str, AfterValidator(_check_state_dir)] = Field(DEFAULT_STATE_DIR, description="Where lamina keeps layers, volumes and containers.")
     volumes: dict[Name, Volume] = Field(default_factory=dict)
     overlays: dict[Name, Overlay] = Field(default_factory=dict)
     binds: dict[Name, Bind] = Field(default_factory=dict)

@@ -87,3 +87,92 @@ def test_changed_host_key_fails_that_host_clearly(hosts, tmp_path):
         assert all(f"{x}: FAILED" not in out.stdout for x in lab.hosts if x != h)
     finally:
         known.write_text(original)
+
+
+C = "/var/lib/lamina/containers"
+V = "/var/lib/lamina/volumes"
+
+
+def demo_layer(lab, h: str, index: int) -> str:
+    out = lamina("inspect", "-i", str(lab.inventory), "web1", "--host", h).stdout
+    return json.loads(out)[0]["RootFS"]["Layers"][index].removeprefix("sha256:")
+
+
+# kind → (drift made by hand, object planned, reason planned, extra apply flags, check after repair)
+DRIFT = {
+    "overlay unmounted": ("umount -R /srv/demo/merged", "overlay /srv/demo/merged", "not mounted", (),
+                          "cat /srv/demo/merged/layer.txt"),
+    "wrong lower order": ("umount -R /srv/demo/merged && mount -t overlay demo -o lowerdir=/srv/demo/low1:"
+                          "/srv/demo/low2,upperdir=/srv/demo/upper,workdir=/srv/demo/work /srv/demo/merged",
+                          "overlay /srv/demo/merged", "lower stack differs", (),
+                          "grep -q 'from low3' /srv/demo/merged/layer.txt"),
+    "foreign filesystem": ("umount -R /srv/demo/merged && mount -t tmpfs junk /srv/demo/merged",
+                           "overlay /srv/demo/merged", "tmpfs (junk) is mounted there instead of overlay", (),
+                           "grep -q 'from low3' /srv/demo/merged/layer.txt"),
+    "layer missing": ("rm -rf /var/lib/lamina/layers/{site}", "layer {site12}", "missing", (),
+                      "test -f /var/lib/lamina/layers/{site}/diff/srv/www/index.html"),
+    "layer corrupted": ("echo tampered >> /var/lib/lamina/layers/{site}/diff/srv/www/index.html",
+                        "layer {site12}", "content changed since it was stored", ("--check-layers",),
+                        f"! grep -q tampered {C}/web1/merged/srv/www/index.html"),
+    "work dir deleted": ("rm -rf /srv/demo/work", "overlay /srv/demo/merged", "missing /srv/demo/work", (),
+                         "test -d /srv/demo/work"),
+    "volume data deleted": (f"rm -rf {V}/web1-data/_data", "volume web1-data", f"missing {V}/web1-data/_data", (),
+                            f"touch {C}/web1/merged/data/x && test -f {V}/web1-data/_data/x"),
+    "bind source missing": ("rm -rf /srv/demo/shared", "bind /mnt/demo-shared", "missing /srv/demo/shared", (),
+                            "touch /srv/demo/shared/y && test -f /mnt/demo-shared/y"),
+    "state dir modes and owners": (f"chmod 755 {V} && chown 1000:1000 /var/lib/lamina", "volume demo-data",
+                                   "has mode 755 and owner 0:0, want 700 0:0", (),
+                                   "test \"$(stat -c '%a %u' /var/lib/lamina)\" = '700 0'"),
+    "labels edited": (f"echo edited > {V}/demo-data/labels.json", "volume demo-data",
+                      f"{V}/demo-data/labels.json differs", (), f"grep -q demo {V}/demo-data/labels.json"),
+}
+
+
+@pytest.mark.parametrize("kind", list(DRIFT))
+def test_drift_is_planned_precisely_and_repaired(hosts, kind):
+    lab = hosts
+    h = lab.hosts[0]
+    changes(lab, "--limit", h)
+    site = demo_layer(lab, h, 1)
+    drift, obj, reason, flags, check = (x.format(site=site, site12=site[:12]) if isinstance(x, str) else x
+                                        for x in DRIFT[kind])
+    assert lab.run(h, drift).returncode == 0
+    plan = changes(lab, "--limit", h, *flags, cmd="plan")[h]
+    reasons = {c["object"]: c["reasons"] for c in plan["changed"]}
+    assert obj in reasons and any(reason in r for r in reasons[obj]), reasons
+    report = changes(lab, "--limit", h, *flags)[h]
+    assert not report["failed"], report
+    r = lab.run(h, check)
+    assert r.returncode == 0, (check, r.stderr)
+    assert changed_objects(changes(lab, "--limit", h, *flags)) == {h: []}
+    lamina("verify", "-i", str(lab.inventory), "--limit", h, "-q")
+
+
+def test_orphan_mount_is_reported_and_pruned_only_when_asked(hosts, tmp_path):
+    lab = hosts
+    h = lab.hosts[0]
+    changes(lab, "--limit", h)
+    spec = tmp_path / "files"
+    spec.symlink_to(REPO / "roles" / "demo" / "files")
+    spec = tmp_path / "spec.yml"
+    text = (REPO / "roles" / "demo" / "spec.yml").read_text()
+    spec.write_text(text[: text.index("binds:")] + text[text.index("images:"):])  # the bind left the spec
+    report = changes(lab, "--limit", h, spec=spec)[h]
+    assert report["warnings"] == ["orphan mount /mnt/demo-shared: no spec names it now; left mounted (--prune unmounts it)"]
+    assert "/mnt/demo-shared" in lab.run(h, "cat /proc/self/mountinfo").stdout
+    report = changes(lab, "--limit", h, "--prune", spec=spec)[h]
+    assert [c["object"] for c in report["changed"]] == ["orphan /mnt/demo-shared"]
+    assert "/mnt/demo-shared" not in lab.run(h, "cat /proc/self/mountinfo").stdout
+    assert changes(lab, "--limit", h, spec=spec)[h]["warnings"] == []
+
+
+def test_deleted_upper_dir_is_reported_as_lost_data_not_recreated(hosts):
+    lab = hosts
+    h = lab.hosts[0]
+    changes(lab, "--limit", h)
+    lab.run(h, f"rm -rf {C}/web2/upper")
+    out = lamina("apply", "-i", str(lab.inventory), "--limit", h, check=1)
+    assert f"{h}: FAILED: container web2: its writable layer {C}/web2/upper was deleted" in out.stdout, out.stdout
+    assert lab.run(h, f"test -e {C}/web2/upper || echo still-gone").stdout == "still-gone\n"
+    lamina("reset", "-i", str(lab.inventory), "web2", "--host", h, "--yes")
+    assert changed_objects(changes(lab, "--limit", h)) == {h: []}
