@@ -158,7 +158,7 @@ def test_missing_bind_source_is_an_error_not_a_change(host_plan, tmp_path):
 
 def test_state_dir_mode_drift_is_chmod(host_plan):
     result = run(host_plan, modes={"/var/lib/lamina": "755"})
-    assert reasons(result) == {"volume data": ["/var/lib/lamina has mode 755, want 700"]}
+    assert reasons(result) == {"volume data": ["/var/lib/lamina has mode 755 and owner 0:0, want 700 0:0"]}
     assert "chmod 700 -- /var/lib/lamina" in diff.script(result)
 
 
