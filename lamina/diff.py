@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from .facts import HostState, MountEntry
 from .images import LayerRef
 from .loader import MAX_MOUNT_DATA
+from .lock import BUSY
 from .plan import Dir, HostPlan, Item, MountWant, depth
 
 # util-linux 2.39+ mounts through the new API, which rejects a lowerdir= value of
@@ -443,7 +444,7 @@ def _garbage(host: Host) -> list[Change]:
     return changes
 
 
-PREAMBLE = "fail() { printf 'lamina: %s\\n' \"$*\" >&2; exit 1; }\nset -e"
+PREAMBLE = "fail() { printf 'lamina: %s\\n' \"$*\" >&2; exit 1; }\nset -e\n" + BUSY
 
 
 def script(result: Result) -> str:

@@ -1,12 +1,24 @@
-"""Test hosts on this machine: ``lamina lab up [-n N] | down | status | ssh HOST [CMD...]``.
+"""Test hosts on this machine: ``lamina lab up [-n N] [--init sshd|systemd] [--disks tmpfs|persistent]
+| down | reboot HOST | status | ssh HOST [CMD...]``.
 
 Each lab host is a set of Linux namespaces with its own IP, copy-on-write root and sshd (see
 ``labhosts.sh`` beside this file, which does the real work as root). This module wraps it for the
 CLI, for ``inventories/lab.py`` and for the integration tests.
 
+``--init systemd`` makes systemd PID 1 of each host: it boots ``multi-user.target`` (units that
+lamina installs in /etc/systemd/system with ``WantedBy=multi-user.target`` start at boot), and
+starts the lab's sshd as a runtime unit. Such a lab has persistent disks by default: each host's
+root (its overlay upper: /etc and everything else written to /), /srv, /mnt, /var/lib/lamina and
+/root are directories on the machine's disk (``LAMINA_LAB_DISKS_DIR``, default
+/var/lib/lamina-lab/<lab dir>/NAME), so ``reboot HOST`` (kill the host, boot it again with the same
+name, address, host key and disks) keeps them, while /run, /tmp and the mounts made inside are
+lost, as on a real machine. ``--init sshd`` labs keep tmpfs disks by default (faster I/O: the test
+suite's shared lab); ``--disks`` chooses either way. ``down`` removes the disks.
+
 The lab is chosen by environment variables, so that a user's demo lab and the test suite's lab
 coexist: ``LAMINA_LAB_DIR`` (default ``/run/lamina/lab``), ``LAMINA_LAB_PREFIX`` (default ``lab``),
 ``LAMINA_LAB_NET`` (default ``10.203.0``). They are read on every call, never cached.
+``LAMINA_LAB_INIT`` / ``LAMINA_LAB_DISKS`` are the defaults of ``up``'s ``init`` / ``disks``.
 
 Importing this module is cheap (standard library only): the inventory imports it.
 """
@@ -74,6 +86,30 @@ def hosts() -> list[LabHost]:
     return [LabHost(h["name"], h["address"], h.get("pid")) for h in state["hosts"]]
 
 
+def info() -> dict:
+    """The running lab's settings: prefix, net, init ("sshd"/"systemd"), disks ("tmpfs"/
+    "persistent"), disks_dir (the machine-side dir holding one dir per host; "" with tmpfs);
+    empty when the lab is down."""
+    try:
+        state = json.loads((lab_dir() / "hosts.json").read_text())
+    except FileNotFoundError:
+        return {}
+    state.pop("hosts", None)
+    state.setdefault("init", "sshd")
+    state.setdefault("disks", "tmpfs")
+    state.setdefault("disks_dir", "")
+    return state
+
+
+def disk_dir(name: str) -> Path | None:
+    """Host ``name``'s persistent disk on the machine (``up/`` is its root's upper dir, ``srv/``,
+    ``mnt/``, ``lamina/``, ``home/`` are its /srv, /mnt, /var/lib/lamina, /root), None with tmpfs
+    disks. Read it only while the host is stopped or for checks: the host owns it."""
+    host(name)
+    d = info().get("disks_dir")
+    return Path(d) / name if d else None
+
+
 def host(name: str) -> LabHost:
     """The lab host called ``name``; LabError if the lab is down or has no such host."""
     all_hosts = hosts()
@@ -89,7 +125,7 @@ def host(name: str) -> LabHost:
 # --- lifecycle -----------------------------------------------------------------------------------
 
 
-def _check_machine() -> None:
+def _check_machine(init: str | None = None) -> None:
     if os.geteuid() != 0:
         raise LabError("lamina lab needs root (network namespaces, mounts): run it as root")
     if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
@@ -100,12 +136,15 @@ def _check_machine() -> None:
         ("ip", "iproute2"),
         ("unshare", "util-linux"),
         ("flock", "util-linux"),
+        ("nsenter", "util-linux"),
     ]:
         if not (shutil.which(tool) or os.path.exists(f"/usr/sbin/{tool}")):
             raise LabError(f"{tool} not found: install {package}")
+    if init == "systemd" and not os.path.exists("/lib/systemd/systemd"):
+        raise LabError("--init systemd needs systemd: install systemd (apt-get install systemd)")
 
 
-def _harness(action: str, **env: str) -> None:
+def _harness(action: str, *args: str, **env: str) -> None:
     """Run ``labhosts.sh ACTION``: its stdout (progress) goes to ours, its stderr becomes the error.
 
     Safe to capture: the harness starts hosts with their output sent to their own log files, so
@@ -113,7 +152,7 @@ def _harness(action: str, **env: str) -> None:
     """
     _check_machine()
     proc = subprocess.run(
-        ["bash", str(HARNESS), action],
+        ["bash", str(HARNESS), action, *args],
         env={**os.environ, "LAMINA_LAB_DIR": str(lab_dir()), **env},
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -125,12 +164,45 @@ def _harness(action: str, **env: str) -> None:
         raise LabError(f"lab {action} failed: {msg}")
 
 
-def up(n: int = 3) -> list[LabHost]:
-    """Start (or restart from scratch) a lab of ``n`` hosts; returns them."""
+INITS = ("sshd", "systemd")
+DISKS = ("tmpfs", "persistent")
+
+
+def up(n: int = 3, init: str | None = None, disks: str | None = None) -> list[LabHost]:
+    """Start (or restart from scratch) a lab of ``n`` hosts; returns them.
+
+    ``init``: "sshd" (sshd is PID 1) or "systemd" (systemd is PID 1, boots multi-user.target);
+    default ``$LAMINA_LAB_INIT`` or "sshd". ``disks``: "tmpfs" or "persistent" (on the machine's
+    disk, kept by :func:`reboot`); default ``$LAMINA_LAB_DISKS``, else persistent with systemd.
+    Fresh disks either way: ``up`` wipes what an earlier lab in this dir left.
+    """
     if not 1 <= n <= 99:
         raise LabError(f"number of hosts must be 1..99, not {n}")
-    _harness("up", LAMINA_LAB_N=str(n))
+    init = init or os.environ.get("LAMINA_LAB_INIT") or "sshd"
+    if init not in INITS:
+        raise LabError(f"init must be sshd or systemd, not {init!r}")
+    env = {"LAMINA_LAB_N": str(n), "LAMINA_LAB_INIT": init}
+    disks = disks or os.environ.get("LAMINA_LAB_DISKS")
+    if disks:
+        if disks not in DISKS:
+            raise LabError(f"disks must be tmpfs or persistent, not {disks!r}")
+        env["LAMINA_LAB_DISKS"] = disks
+    _check_machine(init)
+    _harness("up", **env)
     return hosts()
+
+
+def reboot(name: str) -> LabHost:
+    """Reboot host ``name`` like pulling the plug: kill its whole process tree (its namespaces
+    go, and with them every mount made on it and its /run and /tmp), then boot it again with the
+    same name, address, host key (known_hosts still matches) and persistent disks. Returns when
+    its sshd answers, and with systemd when ``systemctl is-system-running`` says running or
+    degraded (bounded: ``LAMINA_LAB_BOOT_TIMEOUT``, default 60 s). The host's new PID 1 is in
+    the result. Needs persistent disks; ssh control masters to the host are ended. No session
+    request is made on the host (``exec_requests`` counts are unchanged)."""
+    host(name)  # clear error for an unknown host or a downed lab
+    _harness("reboot", name)
+    return host(name)
 
 
 def down() -> None:
@@ -234,11 +306,23 @@ def _print_up(elapsed: float) -> None:
 
 
 def _cmd_up(args) -> int:
-    _check_machine()  # before printing progress
+    init = args.init or os.environ.get("LAMINA_LAB_INIT") or "sshd"
+    _check_machine(init)  # before printing progress
     t0 = time.monotonic()
-    print(f"lab up: starting {args.n} hosts in {lab_dir()}", flush=True)
-    up(args.n)
+    with_init = "" if init == "sshd" else f" (init: {init})"
+    print(f"lab up: starting {args.n} hosts in {lab_dir()}{with_init}", flush=True)
+    up(args.n, init=init, disks=args.disks)
     _print_up(time.monotonic() - t0)
+    return 0
+
+
+def _cmd_reboot(args) -> int:
+    h = host(args.host)  # an unknown host: one error line, nothing printed before it
+    _check_machine(info().get("init"))
+    t0 = time.monotonic()
+    print(f"lab reboot: {h.name} ({h.address})", flush=True)
+    h = reboot(h.name)
+    print(f"lab reboot: {h.name} ({h.address}) back in {time.monotonic() - t0:.1f} s")
     return 0
 
 
@@ -287,8 +371,10 @@ def register(subparsers) -> None:
     """Add ``lab`` with its sub-commands to an argparse sub-parsers object."""
     env_help = (
         "environment: LAMINA_LAB_DIR (state dir, default /run/lamina/lab), LAMINA_LAB_PREFIX "
-        "(host names, default lab), LAMINA_LAB_NET (default 10.203.0: hosts get .11, .12, ...). "
-        "Needs root and openssh-server."
+        "(host names, default lab), LAMINA_LAB_NET (default 10.203.0: hosts get .11, .12, ...), "
+        "LAMINA_LAB_INIT and LAMINA_LAB_DISKS (defaults of up --init/--disks), LAMINA_LAB_DISKS_DIR "
+        "(where persistent disks live, default /var/lib/lamina-lab), LAMINA_LAB_BOOT_TIMEOUT "
+        "(seconds systemd may take to boot a host, default 60). Needs root and openssh-server."
     )
     lab = subparsers.add_parser(
         "lab",
@@ -309,7 +395,33 @@ def register(subparsers) -> None:
         epilog=env_help,
     )
     p.add_argument("-n", type=int, default=3, metavar="N", help="number of hosts (default 3)")
+    p.add_argument(
+        "--init",
+        choices=INITS,
+        help="PID 1 of each host: sshd, or systemd booting multi-user.target, which starts sshd "
+        "and the units enabled for it (default: $LAMINA_LAB_INIT, else sshd)",
+    )
+    p.add_argument(
+        "--disks",
+        choices=DISKS,
+        help="where each host's root upper, /srv, /mnt, /var/lib/lamina and /root live: tmpfs "
+        "(fast, lost when the host stops) or persistent (directories on the machine's disk, kept "
+        "by `lamina lab reboot`); default: $LAMINA_LAB_DISKS, else persistent with systemd, "
+        "tmpfs with sshd",
+    )
     p.set_defaults(func=_guard(_cmd_up))
+
+    p = sub.add_parser(
+        "reboot",
+        help="kill a host and boot it again, keeping its persistent disks",
+        description="Kill HOST's whole process tree (every mount made on it, its /run and /tmp "
+        "go) and boot it again with the same name, address, host key and persistent disks; "
+        "returns when its sshd answers (with systemd: when it finished booting). Needs a lab "
+        "started with persistent disks.",
+        epilog=env_help,
+    )
+    p.add_argument("host", metavar="HOST", help="host name, e.g. lab1")
+    p.set_defaults(func=_guard(_cmd_reboot))
 
     p = sub.add_parser(
         "down",

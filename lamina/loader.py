@@ -69,6 +69,8 @@ class LoadedSpec:
 def dotted(loc: Loc) -> str:
     out = ""
     for part in loc:
+        if isinstance(part, str) and len(part) > 128:  # a 10 MB key
+            part = part[:40] + "..."
         if isinstance(part, str) and not part.isprintable():
             part = repr(part)  # a key with a newline would break the one-line error
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -196,6 +198,9 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, doc: Document, ac
     doc.values[loc] = where
     if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
         return _construct(loader, node, doc)
+    if node.tag not in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"):  # !!set, !!omap, !!python/...
+        raise SpecInvalid([SpecError(doc.file, *where, f"YAML: {dotted(loc) or 'spec'}: tag {node.tag!r}"
+                                     " is not supported; write a plain mapping or list")])
     active.add(id(node))
     try:
         if isinstance(node, yaml.SequenceNode):
@@ -407,7 +412,7 @@ def check_spec(loaded: LoadedSpec) -> list[SpecError]:
         _check_overlay(ov, base, err)
         for d, key in ((ov.upper, "upper"), (ov.work, "work")):
             if d and ov.state == "present":
-                if d in uppers:
+                if d in uppers and uppers[d][:2] != base:  # upper == work: _check_overlay says it
                     err(base + (key,), f"{dotted(base + (key,))}: {d} is also used by"
                         f" {dotted(uppers[d])}; two overlays must not share upper or work")
                 uppers[d] = base + (key,)
@@ -435,11 +440,42 @@ def check_spec(loaded: LoadedSpec) -> list[SpecError]:
             if c.state == "present":
                 claim(posixpath.join(target, m.target.lstrip("/")), loc)
             _check_mount(spec, m, loc, err)
+    _check_nesting(spec, targets, uppers, err)
     return errors
 
 
+def _check_nesting(spec: Spec, targets: dict[str, Loc], uppers: dict[str, Loc], err) -> None:
+    """Mounts of different objects nested in ways that cannot work. A mount inside an
+    overlay's upper or work dir changes a layer under a live overlay (undefined, says the
+    kernel); an upper or work dir inside an overlay's merged tree would be on overlayfs,
+    which overlayfs refuses; a mount in or over the state dir hides lamina's own store."""
+    sd = spec.state_dir
+    trees = {t: loc for t, loc in targets.items() if loc[0] in ("overlays", "containers") and loc[-1] == "target"}
+    for t, loc in targets.items():
+        for u, uloc in uppers.items():
+            if loc[:2] != uloc[:2] and within(t, u):
+                err(loc, f"{dotted(loc)}: {t} lies inside {dotted(uloc)} {u}; nothing may be mounted"
+                    " in an overlay's upper or work dir")
+        default = loc[0] == "containers" and spec.containers[loc[1]].target is None
+        if loc[-1] == "target" and not default and (within(t, sd) or within(sd, t)):
+            err(loc, f"{dotted(loc)}: {t} " + ("lies inside" if within(t, sd) else "would hide")
+                + f" lamina's state_dir {sd}")
+    for u, uloc in uppers.items():
+        for t, loc in trees.items():
+            if loc[:2] != uloc[:2] and within(u, t):
+                err(uloc, f"{dotted(uloc)}: {u} lies in the merged tree of {dotted(loc)}; overlayfs"
+                    " cannot use an overlay as upper or work dir")
+        for other, oloc in uppers.items():
+            if oloc[:2] != uloc[:2] and u != other and within(u, other):
+                err(uloc, f"{dotted(uloc)}: {u} lies inside {dotted(oloc)} {other}")
+        if within(u, sd) or within(sd, u):
+            err(uloc, f"{dotted(uloc)}: {u} overlaps lamina's state_dir {sd}")
+
+
 ARCHIVE_SOURCES = ("docker-archive:", "oci-archive:", "oci-layout:", "lamina:")
-OWNER_RE = re.compile(r"^[0-9]+:[0-9]+$")
+OWNER_RE = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")
+MAX_ID = 2**32 - 2  # uid_t is 32 bits; -1 means "unchanged" to chown(2)
+OVL_MAX_STACK = 500  # overlayfs's lower stack limit (images.MAX_LAYERS)
 
 
 def container_target(spec: Spec, name: str) -> str:
@@ -448,13 +484,17 @@ def container_target(spec: Spec, name: str) -> str:
 
 
 def _check_image(spec: Spec, name: str, image, err) -> None:
-    from .spec import check_path
+    from .spec import NAME_RE, check_path
 
     base: Loc = ("images", name)
     source = image.from_
     if source.startswith(ARCHIVE_SOURCES):
         if not source.split(":", 1)[1]:
             err(base + ("from",), f"images.{name}.from: {source!r} needs a path after the colon")
+        elif source.startswith("lamina:") and not NAME_RE.match(source[len("lamina:"):]):
+            # the name becomes a file name in the controller's image store
+            err(base + ("from",), f"images.{name}.from: {source!r}: lamina:NAME takes the name of a"
+                " committed image ([a-zA-Z0-9_.-])")
     elif source != "scratch":
         chain, parent = [name], source
         while parent in spec.images and parent not in chain:
@@ -482,8 +522,9 @@ def _check_image(spec: Spec, name: str, image, err) -> None:
                 check_path(value)
             except ValueError as e:
                 err(field, f"{dotted(field)}: {e}")
-        if step.copy_ and step.copy_.owner and not OWNER_RE.match(step.copy_.owner):
-            err(loc + ("copy", "owner"), f"{where}.copy.owner: use numeric UID:GID, e.g. 0:0")
+        owner = step.copy_.owner if step.copy_ else None
+        if owner and (not OWNER_RE.fullmatch(owner) or max(map(int, owner.split(":"))) > MAX_ID):
+            err(loc + ("copy", "owner"), f"{where}.copy.owner: use numeric UID:GID, e.g. 0:0 (each at most {MAX_ID})")
         if step.run is not None and not step.run.strip():
             err(loc + ("run",), f"{where}.run: empty command")
 
@@ -497,6 +538,8 @@ def _check_overlay(ov: Overlay, base: Loc, err) -> None:
             err(base + ("lower",), f"{where}.lower: a read-only overlay (no upper) needs at least two lowers")
     elif ov.work is None:
         err(base, f"{where}: missing required key 'work' (needed with upper)")
+    if len(ov.lower) > OVL_MAX_STACK:
+        err(base + ("lower",), f"{where}.lower: {len(ov.lower)} lowers; overlayfs stacks at most {OVL_MAX_STACK}")
     if len(set(ov.lower)) != len(ov.lower):
         err(base + ("lower",), f"{where}.lower: the same directory is listed twice")
     writable = [(k, d) for k, d in (("upper", ov.upper), ("work", ov.work)) if d]
@@ -539,6 +582,6 @@ def _check_mount(spec: Spec, m, loc: Loc, err) -> None:
             err(loc, f"{where}: source: {e}")
 
 
-def report(e: SpecInvalid, stream=sys.stderr) -> None:
+def report(e: SpecInvalid, stream=None) -> None:
     for error in e.errors:
-        print(one_line(error), file=stream)
+        print(one_line(error), file=stream or sys.stderr)  # sys.stderr now, not at import

@@ -2,8 +2,11 @@
 
 The lock is a kernel lock (util-linux `flock`) held by a command that runs for as long
 as its SSH channel stays open: it goes away with the connection, so a crashed or killed
-apply never leaves a stale lock behind. Only runs that change something take it — a
-no-op run reads, and stays at its two remote commands.
+apply never leaves a stale lock behind. Every script that changes the host holds
+`apply.busy` shared while it runs (see BUSY), and the lock is released only once they
+are done: a script that outlives a killed controller never overlaps the next run.
+Only runs that change something take it — a no-op run reads, and stays at its two
+remote commands.
 """
 
 from __future__ import annotations
@@ -28,8 +31,15 @@ if ! flock -w "$wait" 9; then
 fi
 printf '%s\n' "$holder" > "$d/apply.holder"
 echo locked
-exec cat >/dev/null
+cat >/dev/null
+# The connection is gone (done, or the controller died): scripts of this run that are
+# still going hold apply.busy shared; keep the lock until they are finished too.
+flock -x "$d/apply.busy" true
 """
+
+
+# The first lines of every script that changes a host.
+BUSY = f"mkdir -p -m 700 {LOCK_DIR} && exec 8>>{LOCK_DIR}/apply.busy && flock -s 8"
 
 
 def holder() -> str:

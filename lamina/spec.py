@@ -89,11 +89,11 @@ SYSTEM_DIRS = frozenset({
 def _check_state_dir(value: str) -> str:
     value = _check_overlay_path(value)  # containers' upperdir= and workdir= lie in it
     if value in SYSTEM_DIRS:
-        raise ValueError(f"state_dir {_show(value)} is a system directory; lamina makes its state dir"
+        raise ValueError(f"{_show(value)} is a system directory; lamina makes its state dir"
                          " root-only (mode 700): use a directory of its own, e.g. /var/lib/lamina")
     for p in PROTECTED:
         if value == p or value.startswith(p + "/"):
-            raise ValueError(f"state_dir {_show(value)} lies under {p}, which lamina never mounts over")
+            raise ValueError(f"{_show(value)} lies under {p}, which lamina never mounts over")
     return value
 
 
@@ -119,8 +119,8 @@ class BindOptions(_Model):
 
 
 def _check_size(value: int | str) -> int | str:
-    if isinstance(value, int) and value < 0 or isinstance(value, str) and not re.fullmatch(
-            r"[0-9]+[kKmMgGtTpPeE%]?", value):
+    if isinstance(value, int) and not 0 <= value < 2**63 or isinstance(value, str) and not re.fullmatch(
+            r"[0-9]{1,18}[kKmMgGtTpPeE%]?", value):
         raise ValueError(f"size {_show(str(value))}: use bytes, or a number with k, m, g or %")
     return value
 
@@ -308,7 +308,8 @@ class Container(_Model):
 class Spec(_Model):
     """A whole spec: one or more files merged."""
 
-    state_dir: Annotated[str, AfterValidator(_check_state_dir)] = Field(DEFAULT_STATE_DIR, description="Where lamina keeps layers, volumes and containers.")
+    state_dir: Annotated[str, AfterValidator(_check_state_dir)] = Field(
+        DEFAULT_STATE_DIR, description="Where lamina keeps layers, volumes and containers.")
     volumes: dict[Name, Volume] = Field(default_factory=dict)
     overlays: dict[Name, Overlay] = Field(default_factory=dict)
     binds: dict[Name, Bind] = Field(default_factory=dict)

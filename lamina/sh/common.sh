@@ -37,9 +37,11 @@ commit() {
   printf 'LAYER %s %s\n' "$3" "$(link "$1" "$3")"
 }
 
-# The layer store's directories, root-only.
+# The layer store's directories, root-only; and hold apply.busy shared while this script
+# runs, so that the host's apply lock outlives it (lamina/lock.py).
+# shellcheck disable=SC2174  # parents exist; -m is for these dirs
 store() {
-  # shellcheck disable=SC2174  # parents exist; -m is for these dirs
+  mkdir -p -m 700 /run/lamina && exec 8>>/run/lamina/apply.busy && flock -s 8
   mkdir -p -m 700 -- "$SD" "$SD/layers" "$SD/l" "$SD/staging" "$SD/cache"
 }
 
