@@ -398,6 +398,8 @@ def diff(plan: HostPlan, actual: HostState, replaced: frozenset[str] = frozenset
         else:
             run.result.unchanged.append(item.key)
     _orphans(plan, actual, run.result)
+    if plan.boot:
+        _boot(plan, actual, run.result)
     if actual.staging and not run.result.materialize:
         debris = [posixpath.join(plan.state_dir, "staging", name) for name in actual.staging]
         run.result.changes.append(Change(
@@ -405,6 +407,17 @@ def diff(plan: HostPlan, actual: HostState, replaced: frozenset[str] = frozenset
             purge=[f"if mountpoint -q {q(p)}/merged; then umount -R -l {q(p)}/merged; fi; "
                    f"rm -rf --one-file-system -- {q(p)}" for p in debris]))
     return run.result
+
+
+def _boot(plan: HostPlan, actual: HostState, result: Result) -> None:
+    """Keep the boot script (and systemd unit) that re-mount everything after a reboot."""
+    from . import boot
+
+    if result.materialize or result.errors:
+        return  # written once the layers are there (the second comparison of the run)
+    reasons, lines = boot.commands(plan, boot.files(plan, actual), actual)
+    if reasons:
+        result.changes.append(Change("boot mounts", reasons, purge=lines))
 
 
 def _orphans(plan: HostPlan, actual: HostState, result: Result) -> None:

@@ -104,6 +104,8 @@ class HostState:
     links: dict[str, str] = field(default_factory=dict)  # short link name → its target
     staging: tuple[str, ...] = ()  # leftovers of interrupted layer builds
     damaged: frozenset[str] = frozenset()  # layers whose content no longer matches their seal
+    init: str = "none"  # "systemd" when systemd runs the host
+    blobs: dict[str, str] = field(default_factory=dict)  # generated files' sha256
 
     def resolve(self, path: str) -> str:
         info = self.paths.get(path)
@@ -146,6 +148,10 @@ def command(plan: HostPlan) -> str:
         f"echo {MARK}-files",
         *([f"for f in {files}; do if [ -f \"$f\" ]; then printf '%s\\t%s\\n' \"$f\" \"$(cat -- \"$f\")\"; fi; done"]
           if files else []),
+        f"echo {MARK}-init; [ -d /run/systemd/system ] && echo systemd || echo none",
+        *([f"echo {MARK}-blobs; for f in {' '.join(shlex.quote(b) for b in plan.blobs())}; do "
+           "if [ -f \"$f\" ]; then printf '%s\\t%s\\n' \"$f\" \"$(sha256sum < \"$f\" | cut -c1-64)\"; fi; done"]
+          if plan.blobs() else []),
         *(_store_listing(plan.state_dir) if plan.images or plan.gc else []),
         *(_seal_check(plan.state_dir) if plan.check_layers else []),
         f"echo {MARK}-end",
@@ -203,6 +209,8 @@ def parse(lines: Sequence[str]) -> HostState:
         links=links,
         staging=tuple(x.strip() for x in sections.get("staging", []) if x.strip()),
         damaged=frozenset(line.split(":")[0] for line in sections.get("seals", []) if ":" in line),
+        init=(sections.get("init") or ["none"])[0].strip(),
+        blobs=dict(line.split("\t", 1) for line in sections.get("blobs", []) if "\t" in line),
         mounts=tuple(parse_mountinfo(sections.get("mountinfo", []))),
         paths=paths,
         util_linux=tuple(int(g) for g in version.groups() if g) if version else (),

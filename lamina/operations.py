@@ -62,7 +62,15 @@ def converge(plans: Mapping[str, HostPlan], record: Recorder | None = None,
                                             known(view, plan.layers.values()), args), {})
         # the layers are there now: compare again to mount what waited for them
         replaced = frozenset(m.digest for m in result.materialize if m.damaged)
-        result = diffing.diff(plan, host.get_fact(LaminaState, plan=plan), replaced)
+        first = result
+        actual = host.get_fact(LaminaState, plan=plan)
+        result = diffing.diff(plan, actual, replaced)
+        if record is not None:  # report what the first comparison could not see yet (boot files)
+            seen = {c.key for c in first.changes}
+            extra = [c for c in result.changes if c.key not in seen]
+            record(host.name, plan, actual, diffing.Result(first.changes + extra,
+                                                           [k for k in first.unchanged if k not in
+                                                            {c.key for c in extra}], first.errors))
         if result.errors or result.materialize:
             problems = result.errors or [f"{m.ref.label}: still missing after shipping" for m in result.materialize]
             yield StringCommand("printf", "'lamina: %s\\n'", *map(diffing.q, problems), ">&2;", "exit 1")

@@ -73,6 +73,13 @@ class HostPlan:
     gc: bool = False  # compare only the layer store: remove layers nothing uses
     prune: bool = False  # unmount what lamina mounted before but no spec names now
     check_layers: bool = False  # re-check every stored layer's content against its seal (reads it all)
+    boot: bool = True  # keep the mounts across reboots (systemd unit or rc.local boot script)
+
+    def blobs(self) -> list[str]:
+        """Generated files whose digest the facts report (see boot.py)."""
+        from .boot import UNIT, script_path
+
+        return [script_path(self), UNIT] if self.boot and self.targets() else []
 
     @property
     def managed_file(self) -> str:

@@ -77,7 +77,7 @@ def test_changed_step_rebuilds_only_from_there(hosts, tmp_path):
     spec = demo_copy(tmp_path, DEMO.read_text().replace("welcome to the demo image", "welcome, v2"))
     report = changes(lab, "--limit", h, spec=spec)
     assert changed_objects(report)[h] == ["run images.web.steps[1]", "container web1", "container web2"] + \
-        [f"mount {C}/web{i}/merged/{m}" for i in (1, 2) for m in ("data", "shared")]
+        [f"mount {C}/web{i}/merged/{m}" for i in (1, 2) for m in ("data", "shared")] + ["boot mounts"]
     assert lab.run(h, f"cat {C}/web2/merged/etc/motd").stdout == "welcome, v2\n"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 
 import pytest
@@ -49,7 +50,7 @@ MODES = {"/var/lib/lamina": "700", "/var/lib/lamina/volumes": "700", "/var/lib/l
 def host_plan(tmp_path_factory):
     p = tmp_path_factory.mktemp("spec") / "spec.yml"
     p.write_text(SPEC)
-    return plan(loader.load([p]).spec)
+    return dataclasses.replace(plan(loader.load([p]).spec), boot=False)  # boot files: test_boot_files
 
 
 def fact_output(host_plan, mountinfo: str, missing=(), modes=None, files=None) -> list[str]:
@@ -232,3 +233,25 @@ def test_purged_volume_is_deleted_once(tmp_path):
     assert "rm -rf --one-file-system -- /var/lib/lamina/volumes/old" in diff.script(there)
     gone = diff.diff(hp, facts.parse(fact_output(hp, BASE, missing={"/var/lib/lamina/volumes/old"})))
     assert gone.changes == []
+
+
+def test_boot_files_hold_the_mounts_and_are_kept_in_sync(host_plan):
+    from lamina import boot
+
+    hp = dataclasses.replace(host_plan, boot=True)
+    out = fact_output(hp, CONVERGED)
+    systemd = facts.parse(out[:-1] + ["@@lamina-init", "systemd", "@@lamina-end"])
+    wanted = boot.files(hp, systemd)
+    script = wanted["/var/lib/lamina/boot.sh"]
+    order = [line.split(" -- ")[-1] for line in script.splitlines() if "mount " in line and "-- " in line]
+    assert order == ["overlay /srv/merged", "/srv/share /mnt/share", "/var/lib/lamina/volumes/data/_data /srv/merged/data",
+                     "/srv/share /srv/merged/share", "tmpfs /srv/merged/scratch"]
+    assert "WantedBy=multi-user.target" in wanted[boot.UNIT] and "ExecStart=/bin/sh /var/lib/lamina/boot.sh" in wanted[boot.UNIT]
+    change = [c for c in diff.diff(hp, systemd).changes if c.key == "boot mounts"]
+    assert change and "systemctl daemon-reload && systemctl enable --quiet lamina-mounts.service" in change[0].purge
+    synced = facts.parse(out[:-1] + ["@@lamina-init", "systemd", "@@lamina-blobs",
+                                     *(f"{p}\t{boot.digest(c)}" for p, c in wanted.items()), "@@lamina-end"])
+    assert diff.diff(hp, synced).changes == []
+    plain = facts.parse(out)  # no systemd: the script, started from /etc/rc.local
+    change = [c for c in diff.diff(hp, plain).changes if c.key == "boot mounts"][0]
+    assert boot.UNIT not in " ".join(change.purge) and "/etc/rc.local" in change.purge[-1]

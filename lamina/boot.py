@@ -1,0 +1,80 @@
+"""Mounts that come back after a reboot without lamina running: the plan's mounts as a
+boot script, started by a systemd unit (or from /etc/rc.local on hosts without systemd).
+
+Both files are rendered from templates/ and kept like any other state: the facts read
+their digests, a difference (a changed spec, or a hand-edited unit) rewrites them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from functools import cache
+from pathlib import Path
+
+import jinja2
+
+from .plan import HostPlan
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+UNIT = "/etc/systemd/system/lamina-mounts.service"
+WANTED_BY = "multi-user.target"
+RC_LOCAL = "/etc/rc.local"
+
+
+@cache
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True, autoescape=False)
+
+
+def script_path(plan: HostPlan) -> str:
+    return f"{plan.state_dir}/boot.sh"
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def files(plan: HostPlan, actual) -> dict[str, str]:
+    """{path: content} of the boot files this host should have (empty: nothing to mount)."""
+    from . import diff
+
+    targets = plan.targets()
+    if not targets:
+        return {}
+    # What apply would do on this host if none of the plan's mounts were there.
+    inside = tuple(t.rstrip("/") + "/" for t in targets)
+    bare = dataclasses.replace(actual, mounts=tuple(m for m in actual.mounts
+                                                   if m.target not in targets and not m.target.startswith(inside)))
+    result = diff.diff(dataclasses.replace(plan, boot=False), bare)
+    commands = [line for change in result.changes for line in change.apply]
+    if not commands:
+        return {}
+    out = {script_path(plan): _env().get_template("boot.sh.j2").render(commands="\n".join(commands))}
+    if actual.init == "systemd":
+        out[UNIT] = _env().get_template("lamina-mounts.service.j2").render(
+            state_dir=plan.state_dir, script=script_path(plan), wanted_by=WANTED_BY)
+    return out
+
+
+def commands(plan: HostPlan, wanted: dict[str, str], actual) -> tuple[list[str], list[str]]:
+    """(reasons, shell lines) that bring the boot files to `wanted`."""
+    from .diff import q
+
+    reasons, lines = [], []
+    for path, content in wanted.items():
+        have = actual.blobs.get(path)
+        if have == digest(content):
+            continue
+        reasons.append(f"{path} {'differs' if have else 'is missing'}")
+        mode = "700" if path.endswith(".sh") else "644"
+        lines.append(f"printf '%s' {q(content)} > {q(path)}.lamina && chmod {mode} -- {q(path)}.lamina && "
+                     f"mv -f -- {q(path)}.lamina {q(path)}")
+    if reasons and UNIT in wanted:
+        lines.append(f"systemctl daemon-reload && systemctl enable --quiet {UNIT.rsplit('/', 1)[1]}")
+    if reasons and UNIT not in wanted and script_path(plan) in wanted:
+        hook = f"[ -x {script_path(plan)} ] && {script_path(plan)}  # lamina"
+        lines.append(f"if [ ! -e {RC_LOCAL} ]; then printf '#!/bin/sh\\n' > {RC_LOCAL}; fi; "
+                     f"grep -qF {q(hook)} {RC_LOCAL} || printf '%s\\n' {q(hook)} >> {RC_LOCAL}; chmod 755 {RC_LOCAL}")
+    return reasons, lines
