@@ -13,7 +13,8 @@ root (its overlay upper: /etc and everything else written to /), /srv, /mnt, /va
 /var/lib/lamina-lab/<lab dir>/NAME), so ``reboot HOST`` (kill the host, boot it again with the same
 name, address, host key and disks) keeps them, while /run, /tmp and the mounts made inside are
 lost, as on a real machine. ``--init sshd`` labs keep tmpfs disks by default (faster I/O: the test
-suite's shared lab); ``--disks`` chooses either way. ``down`` removes the disks.
+suite's shared lab); ``--disks`` chooses either way (an sshd host with persistent disks runs its own
+/etc/rc.local at boot, before sshd, like a SysV host). ``down`` removes the disks.
 
 The lab is chosen by environment variables, so that a user's demo lab and the test suite's lab
 coexist: ``LAMINA_LAB_DIR`` (default ``/run/lamina/lab``), ``LAMINA_LAB_PREFIX`` (default ``lab``),
@@ -201,6 +202,13 @@ def reboot(name: str) -> LabHost:
     the result. Needs persistent disks; ssh control masters to the host are ended. No session
     request is made on the host (``exec_requests`` counts are unchanged)."""
     host(name)  # clear error for an unknown host or a downed lab
+    settings = info()
+    if settings.get("disks") != "persistent":
+        raise LabError(
+            f"{name} has tmpfs disks, which a reboot would wipe: start the lab with persistent disks "
+            "(lamina lab up --disks persistent, or --init systemd)"
+        )
+    _check_machine(settings.get("init"))
     _harness("reboot", name)
     return host(name)
 
@@ -317,11 +325,8 @@ def _cmd_up(args) -> int:
 
 
 def _cmd_reboot(args) -> int:
-    h = host(args.host)  # an unknown host: one error line, nothing printed before it
-    _check_machine(info().get("init"))
-    t0 = time.monotonic()
-    print(f"lab reboot: {h.name} ({h.address})", flush=True)
-    h = reboot(h.name)
+    t0 = time.monotonic()  # on failure: only the error line (no progress printed before it)
+    h = reboot(args.host)
     print(f"lab reboot: {h.name} ({h.address}) back in {time.monotonic() - t0:.1f} s")
     return 0
 

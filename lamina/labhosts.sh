@@ -12,7 +12,8 @@
 #     host, so that everything written to its root (/etc included) and to those dirs survives
 #     `reboot NAME`, exactly like a real disk; /run, /tmp and all mounts made inside do not
 #   - /sys and /proc/sys read-only (except /proc/sys/net)
-#   - own sshd with a fresh ed25519 host key (kept across reboots), or systemd as PID 1 booting
+#   - own sshd with a fresh ed25519 host key (kept across reboots; with persistent disks it runs
+#     the host's own /etc/rc.local first at every boot), or systemd as PID 1 booting
 #     multi-user.target, which starts sshd (lab-sshd.service, a runtime unit in /run); sshd logs
 #     (LogLevel VERBOSE) to $LAB/hosts/NAME/sshd.log on the machine, one "Starting session: ..."
 #     line per exec/subsystem/shell request (lamina.lab.exec_requests); reboots append to it.
@@ -113,7 +114,7 @@ install_host() {  # first boot of a host's disk (every boot with tmpfs disks): a
 }
 
 hostinit() {  # PID 1 of the host's pid ns, already inside its netns + private mount ns
-  local name=$1 S=$LAB/hosts/$1 R=$LAB/hosts/$1/root D=${LAMINA_LAB_HOSTDISK:-} d fresh=1 u
+  local name=$1 S=$LAB/hosts/$1 R=$LAB/hosts/$1/root D=${LAMINA_LAB_HOSTDISK:-} d fresh=1 u rclocal=0
   hostname "$name"
   if [ -n "$D" ]; then
     # persistent disk: upper/work (and below, /srv /mnt /var/lib/lamina /root) are directories on
@@ -153,7 +154,7 @@ hostinit() {  # PID 1 of the host's pid ns, already inside its netns + private m
     for d in srv mnt; do mount --bind "$D/$d" "$R/$d"; done
     mount --bind "$D/lamina" "$R/var/lib/lamina"
     mount --bind "$D/home" "$R/root"
-    # every host's disks (this one's upper included: ELOOP there) show through the lower: hide
+    # the machine's lab disks (this host's upper included: ELOOP there) show through the lower
     [ ! -d "$R$DISKS_DIR" ] || mount -t tmpfs -o ro,mode=755,size=4k lab-disks "$R$DISKS_DIR"
   else
     for d in srv mnt; do mount -t tmpfs -o mode=755 "$d" "$R/$d"; done
@@ -179,8 +180,14 @@ hostinit() {  # PID 1 of the host's pid ns, already inside its netns + private m
     ln -s /dev/null "$u/console-getty.service"          # agetty on a /dev/null console: fails
   fi
   [ -z "$D" ] || [ "$fresh" = 0 ] || : > "$D/installed"
+  # without systemd, a persistent host runs its /etc/rc.local at boot (before sshd), as a SysV
+  # host would; only one written on the host (in its upper), never the machine's own
+  [ -z "$D" ] || [ ! -e "$D/up/etc/rc.local" ] || rclocal=1
   cd "$R"; pivot_root . .; umount -l .; cd /      # detach the machine's root
   [ "$INIT" = systemd ] && exec env -i container=lamina-lab PATH="$PATH" /lib/systemd/systemd
+  if [ "$rclocal" = 1 ] && [ -x /etc/rc.local ]; then
+    (cd / && exec env -i PATH="$PATH" HOME=/root /etc/rc.local </dev/null) || echo "lab: /etc/rc.local failed: exit $?"
+  fi
   exec /usr/sbin/sshd -D -e -f /run/lab/sshd_config
 }
 
@@ -228,7 +235,7 @@ down() {
   # the persistent disks belong to the lab: where `up` put them, and where they would be now
   # (a machine reboot empties a tmpfs /run, and with it $LAB, but not the disks)
   dd=$(conf diskdir)
-  [ -z "$dd" ] || wipe_disks "$dd" || die "$dd is not $LAB's disks dir (no $DISKMARK naming it): not touching it"
+  [ -z "$dd" ] || wipe_disks "$dd" || echo "lab: $dd is not $LAB's disks dir (no $DISKMARK naming it): left alone" >&2
   wipe_disks "$(disk_dir)" || :
   rm -rf "$LAB"
 }
@@ -239,6 +246,7 @@ prepare_disks() {  # this lab's persistent disks, empty (sets DD)
   local i
   DD=$(disk_dir)
   wipe_disks "$DD" || die "$DD is not $LAB's disks dir (no $DISKMARK naming it): not touching it"
+  write_conf   # down finds them from now on
   # shellcheck disable=SC2174  # only the last part: it holds host roots, other parents are not ours
   [ -d "$DISKS_DIR" ] || mkdir -p -m 700 "$DISKS_DIR"
   mkdir -m 700 "$DD"; echo "$LAB" > "$DD/$DISKMARK"
@@ -255,9 +263,13 @@ prepare_disks() {  # this lab's persistent disks, empty (sets DD)
 
 HOSTPID=
 start_host() {  # I: host $P$I's network, then its PID 1 (sets HOSTPID: unshare, whose child it is)
-  local i=$1 name=$P$1 ip=$NET.$(($1 + 10)) S=$LAB/hosts/$P$1 CG='' cgopt='' hd=''
+  local i=$1 name=$P$1 ip=$NET.$(($1 + 10)) S=$LAB/hosts/$P$1 CG='' cgopt='' hd='' mac
+  # a fixed MAC (02:00 + the IP), kept across reboots like a real card's: with a new random one
+  # the machine's ARP cache points at the old card for seconds after a reboot
+  # shellcheck disable=SC2086  # the four octets as four arguments
+  mac=$(printf '02:00:%02x:%02x:%02x:%02x' ${ip//./ })
   ip netns add "$name"
-  ip link add "$name-h" type veth peer name eth0 netns "$name"
+  ip link add "$name-h" type veth peer name eth0 address "$mac" netns "$name"
   ip link set "$name-h" master "$BR" up
   ip -n "$name" addr add "$ip/24" dev eth0; ip -n "$name" link set eth0 up; ip -n "$name" link set lo up
   if [ "$INIT" = systemd ]; then CG=$(cgroot)/lamina-$name; mkdir "$CG"; cgopt=--cgroup; fi
@@ -283,7 +295,7 @@ wait_host() {
       ssh -F "$LAB/ssh_config" -o BatchMode=yes "$name" true </dev/null >/dev/null 2>&1 && break
     else
       # shellcheck disable=SC2016
-      timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/22" && head -c 4 <&3' _ "$ip" 2>/dev/null |
+      timeout 1 bash -c 'exec 3<>"/dev/tcp/$1/22" && head -c 4 <&3' _ "$ip" 2>/dev/null |
         grep -q '^SSH-' && break
     fi
     kill -0 "$hp" 2>/dev/null || { echo "it stopped"; return 1; }
@@ -295,7 +307,8 @@ wait_host() {
   [ -n "$pid1" ] || { echo "it stopped"; return 1; }
   st=$(timeout -k 2 "$BOOT_TIMEOUT" nsenter -t "$pid1" -a systemctl is-system-running --wait 2>/dev/null) || :
   case $st in running|degraded) echo " (systemd: $st)"; return 0 ;; esac
-  echo "systemd did not finish booting within $BOOT_TIMEOUT s (state: ${st:-no answer}; see: lamina lab ssh $name systemctl list-jobs)"
+  [ -n "$st" ] || st=$(timeout 5 nsenter -t "$pid1" -a systemctl is-system-running 2>/dev/null) || :
+  echo "systemd did not finish booting within $BOOT_TIMEOUT s (state: ${st:-no answer}; its jobs: lamina lab ssh $name systemctl list-jobs)"
   return 1
 }
 
@@ -316,7 +329,7 @@ up() {
   [ -z "$t" ] || die "net $NET.0/24 is already on interface $t: set LAMINA_LAB_NET"
   down
   mkdir -p "$LAB/hosts"; chmod 700 "$LAB" "$LAB/hosts"; write_conf   # the marker first: down works
-  [ "$DISKS" = tmpfs ] || { prepare_disks; write_conf; }
+  [ "$DISKS" = tmpfs ] || prepare_disks
   ssh-keygen -q -t ed25519 -N '' -C lamina-lab-client -f "$LAB/id_ed25519"
   cp "$LAB/id_ed25519.pub" "$LAB/authorized_keys"; : > "$LAB/known_hosts"; : > "$LAB/hosts.lab"
   # ControlPath only (no ControlMaster): testinfra turns masters on itself. A master started here
@@ -347,8 +360,9 @@ up() {
     waiters+=($!)
   done
   for i in $(seq "$N"); do name=$P$i
-    wait "${waiters[i-1]}" ||
-      die "$name did not start: $(cat "$LAB/hosts/$name/boot")$(log_tail "$name"); log: $LAB/hosts/$name/sshd.log"
+    if ! wait "${waiters[i-1]}"; then
+      st=$(cat "$LAB/hosts/$name/boot"); die "$name did not start: $st$(log_tail "$name" "$st"); log: $LAB/hosts/$name/sshd.log"
+    fi
     echo "  $name $NET.$((10+i)) up$(cat "$LAB/hosts/$name/boot")"; rm -f "$LAB/hosts/$name/boot"
   done
   # hosts.json: what lamina.lab reads (names and values are validated: no JSON escaping needed)
@@ -362,8 +376,10 @@ up() {
   mv "$LAB/hosts.json.tmp" "$LAB/hosts.json"
 }
 
-# ": " + the host log's last unindented line, if any
-log_tail() { local l; l=$(grep -v '^[[:space:]]' "$LAB/hosts/$1/sshd.log" 2>/dev/null | tail -n 1 || :)
+# "; its log says: " + the last unindented line of host $1's log, if any, for failure message $2
+# (not after a systemd boot timeout: its sshd is fine then)
+log_tail() { local l; case $2 in systemd*) return 0 ;; esac
+  l=$(grep -v '^[[:space:]]' "$LAB/hosts/$1/sshd.log" 2>/dev/null | tail -n 1 | tr -d '\r' || :)
   [ -z "$l" ] || echo "; its log says: $l"; }
 
 # the pids whose namespace $1 (mnt, net...) is $2 (as readlink shows it: mnt:[4026531841])
@@ -372,7 +388,7 @@ ns_pids() { find /proc/[0-9]*/ns/"$1" -maxdepth 0 \
 
 # Stop host NAME like pulling the plug, then boot it again: same name, address, host key, disks.
 reboot_host() {
-  local name=$1 i ip S p t hp st self pids=() mnts=()
+  local name=$1 i ip S p t hp st ok self pids=() mnts=()
   [[ $name =~ ^$P([1-9][0-9]?)$ ]] || die "no lab host $name in $LAB"
   i=${BASH_REMATCH[1]}
   grep -q "\"name\": \"$name\"" "$LAB/hosts.json" 2>/dev/null || die "no lab host $name in $LAB"
@@ -410,10 +426,11 @@ reboot_host() {
   fi
   # 4. boot
   start_host "$i"; hp=$HOSTPID
-  st=$( (wait_host "$name" "$ip" "$hp" banner) 9>&-) ||
-    die "$name did not come back: $st$(log_tail "$name"); log: $S/sshd.log"
+  ok=0; st=$( (wait_host "$name" "$ip" "$hp" banner) 9>&-) || ok=$?
+  # its new PID 1, even if it did not finish booting (status, down and `nsenter -t` find it)
   t=$(cut -d' ' -f1 "/proc/$hp/task/$hp/children" 2>/dev/null || :)
   sed -i -E "s/(\"name\": \"$name\", \"address\": \"[0-9.]+\", \"pid\": )[0-9]+/\1${t:-$hp}/" "$LAB/hosts.json"
+  [ "$ok" = 0 ] || die "$name did not come back: $st$(log_tail "$name" "$st"); log: $S/sshd.log"
   echo "  $name $ip up$st"
 }
 

@@ -75,7 +75,11 @@ def materialize(state, host, plan: HostPlan, todo: list[Materialize], names: Map
         return output.stdout_lines
 
     try:
-        run(command("clean", sd))  # leftovers of an interrupted run go first
+        free = run(command("clean", sd))  # leftovers of an interrupted run go first; free space
+        need = sum(m.ref.layer.size for m in todo if m.action == "ship") * 2  # the upload, then its unpacked copy
+        have = _available(free)
+        if have is not None and need > have:
+            raise Failed(f"not enough space in {sd}: {need >> 20} MiB needed to ship layers, {have >> 20} MiB free")
         damaged = [m.digest for m in todo if m.damaged]
         if damaged:
             run(command("quarantine", sd, *damaged))
@@ -88,8 +92,12 @@ def materialize(state, host, plan: HostPlan, todo: list[Materialize], names: Map
             args = []
             for ref in ships:
                 remote = posixpath.join(staging, f"{ref.digest}.tar")
-                if not host.put_file(str(ref.layer.path), remote, print_output=False, **connector_args):
-                    raise Failed(f"{ref.label}: upload failed")
+                try:
+                    ok = host.put_file(str(ref.layer.path), remote, print_output=False, **connector_args)
+                except OSError as e:
+                    raise Failed(f"{ref.label}: upload to {remote} failed ({e}); is the disk full?") from None
+                if not ok:
+                    raise Failed(f"{ref.label}: upload to {remote} failed")
                 args += [ref.digest, ref.layer.sha256]
             names.update(parse_layers(run(command("ship", sd, *args))))
         for step in todo:
@@ -105,6 +113,14 @@ def materialize(state, host, plan: HostPlan, todo: list[Materialize], names: Map
         host.lamina_failures = [*getattr(host, "lamina_failures", []), str(e)]  # for lamina's report
         return False
     return True
+
+
+def _available(df_lines: list[str]) -> int | None:
+    """Bytes available, from the last line of `df -Pk`."""
+    try:
+        return int(df_lines[-1].split()[3]) * 1024
+    except (IndexError, ValueError):
+        return None
 
 
 def ref_digest(ref: LayerRef, digests: Mapping[str, str]) -> str:

@@ -175,3 +175,82 @@ def demo_rootfs() -> Path:
         return busybox_rootfs(path)
     except RuntimeError as e:
         pytest.fail(f"cannot make the demo's rootfs: {e}", pytrace=False)
+
+
+# --------------------------------------------------------------------------------------------
+# A lab of its own with systemd as PID 1 and persistent disks, for `lamina lab reboot`.
+
+SYSTEMD_LAB_ENV = {
+    "LAMINA_LAB_DIR": "/run/lamina/rebootlab",
+    "LAMINA_LAB_PREFIX": "rb",
+    "LAMINA_LAB_NET": "10.233.0",
+}
+
+
+@dataclass
+class SystemdLab(Lab):
+    """What the ``systemd_lab`` fixture yields: a ``Lab`` whose lamina.lab calls must run inside
+    ``with systemd_lab.active():`` (its LAMINA_LAB_* environment; the session's ``lab`` keeps
+    os.environ otherwise). ``run``/``ssh_argv`` need no such block: they name its ssh_config."""
+
+    env: dict[str, str] = field(default_factory=dict)
+
+    def active(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def patched():
+            saved = {k: os.environ.get(k) for k in self.env}
+            os.environ.update(self.env)
+            try:
+                yield
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+
+        return patched()
+
+    def exec_requests(self, host: str, since: int = 0) -> list[str]:
+        with self.active():
+            return super().exec_requests(host, since)
+
+    def mark(self, host: str) -> int:
+        with self.active():
+            return super().mark(host)
+
+    def reboot(self, host: str):
+        """``lamina.lab.reboot(host)``: the host's new ``LabHost``."""
+        from lamina import lab
+
+        with self.active():
+            return lab.reboot(host)
+
+
+@pytest.fixture(scope="module")
+def systemd_lab():
+    """Two hosts rb1, rb2 (10.233.0.11-12, dir /run/lamina/rebootlab) with systemd as PID 1 and
+    persistent disks, for the module that asks for it; taken down at its end. Separate from the
+    session's ``lab``: rebooting or downing it disturbs no other test."""
+    problem = _machine_problem()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    from lamina import lab as labmod
+
+    env = {**SYSTEMD_LAB_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    slab = SystemdLab(hosts=[], inventory=REPO / "inventories" / "lab.py", ssh_config=Path(), env=env)
+    try:
+        with slab.active():  # not around the yield: os.environ stays the session's meanwhile
+            try:
+                started = labmod.up(2, init="systemd", disks="persistent")
+            except labmod.LabError as e:
+                pytest.fail(f"cannot start the systemd test lab: {e}", pytrace=False)
+            slab.hosts = [h.name for h in started]
+            slab.ssh_config = labmod.ssh_config()
+            slab.addresses = {h.name: h.address for h in started}
+        yield slab
+    finally:
+        with slab.active():
+            labmod.down()

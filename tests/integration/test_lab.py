@@ -185,6 +185,188 @@ def test_lamina_lab_ssh_returns_the_command_exit_code(lab, capfd):
     assert err.count("\n") == 1 and "no lab host 'nohost1'" in err
 
 
+# --- systemd as PID 1, persistent disks, reboot: their own lab (systemd_lab: rb1, rb2) -------------
+
+SRVX_UNIT = """\
+[Unit]
+Description=lamina test: a tmpfs at /srv/x once local file systems are up
+After=local-fs.target
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/mount -t tmpfs {tag} /srv/x
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _reboot_cli(slab, host: str) -> int:
+    with slab.active():
+        return _lab_cli("reboot", host)
+
+
+def _hosts_of(slab) -> dict[str, labmod.LabHost]:
+    with slab.active():
+        return {h.name: h for h in labmod.hosts()}
+
+
+def _known_hosts_of(slab) -> bytes:
+    with slab.active():
+        return labmod.known_hosts().read_bytes()
+
+
+def test_systemd_is_pid1_and_boots_multi_user_with_disks(systemd_lab):
+    slab = systemd_lab
+    assert slab.hosts == ["rb1", "rb2"]
+    out = _ok(
+        slab.run(
+            "rb1",
+            "ps -o comm= -p 1; systemctl is-system-running; systemctl get-default; "
+            "systemctl is-active local-fs.target multi-user.target lab-sshd.service; cat /etc/machine-id",
+        )
+    ).splitlines()
+    assert out[0] == "systemd"
+    assert out[1] in ("running", "degraded"), out
+    assert out[2] == "multi-user.target"
+    assert out[3:6] == ["active"] * 3
+    assert out[6] != Path("/etc/machine-id").read_text().strip()  # its own, not the machine's
+    # disks: real directories on the machine's disk; /run and /tmp stay tmpfs
+    fs = _ok(slab.run("rb1", "stat -fc %T /var/lib/lamina /srv /mnt /root /run /tmp")).split()
+    assert all(t not in ("tmpfs", "overlayfs") for t in fs[:4]), fs
+    assert fs[4:] == ["tmpfs", "tmpfs"]
+    with slab.active():
+        disk = labmod.disk_dir("rb1")
+        assert labmod.info()["init"] == "systemd"
+    assert disk is not None and (disk / "up").is_dir()
+    assert subprocess.run(["stat", "-fc", "%T", str(disk)], capture_output=True, text=True).stdout.strip() not in (
+        "tmpfs",
+        "overlayfs",
+    )
+    # the machine's enabled units (its ssh.service, docker...) are not the host's: a fresh install
+    running = _ok(slab.run("rb1", "systemctl list-units --no-legend --plain --type=service --state=running"))
+    names = [ln.split()[0] for ln in running.splitlines()]
+    assert "lab-sshd.service" in names and "ssh.service" not in names and "docker.service" not in names, names
+
+
+def test_reboot_keeps_disks_and_etc_runs_enabled_units_loses_mounts(systemd_lab, capfd):
+    slab = systemd_lab
+    tag = uuid.uuid4().hex[:8]
+    files = [f"/var/lib/lamina/lab-{tag}", f"/srv/lab-{tag}", f"/mnt/lab-{tag}", f"/etc/lab-{tag}", f"/root/lab-{tag}"]
+    gone = [f"/run/lab-{tag}", f"/tmp/lab-{tag}"]
+    unit = SRVX_UNIT.format(tag=f"srvx-{tag}")
+    _ok(
+        slab.run(
+            "rb1",
+            f"touch {shlex.join(files + gone)} && mkdir -p /srv/x /mnt/m && mount -t tmpfs before-{tag} /mnt/m && "
+            f"printf %s {shlex.quote(unit)} > /etc/systemd/system/srvx.service && systemctl daemon-reload && "
+            "systemctl enable --quiet srvx.service && ip addr add 10.233.9.9/32 dev lo",
+        )
+    )
+    before = _hosts_of(slab)
+    known = _known_hosts_of(slab)
+    since = slab.mark("rb1")
+
+    capfd.readouterr()
+    assert _reboot_cli(slab, "rb1") == 0
+    assert re.search(r"^lab reboot: rb1 \(10\.233\.0\.11\) back in [0-9.]+ s$", capfd.readouterr().out, re.M)
+
+    after = _hosts_of(slab)
+    assert after["rb1"].pid != before["rb1"].pid and after["rb2"].pid == before["rb2"].pid
+    assert after["rb1"].address == before["rb1"].address
+    # the reboot itself made no session on the host; host keys unchanged, checking still passes
+    assert slab.exec_requests("rb1", since) == []
+    assert _known_hosts_of(slab) == known
+    out = _ok(
+        slab.run(
+            "rb1",
+            f"for f in {shlex.join(files + gone)}; do test -e $f && echo $f; done; findmnt -rno SOURCE /srv/x; "
+            "findmnt /mnt/m >/dev/null && echo mnt-m-mounted; test -d /mnt/m && echo mnt-m-dir; "
+            "systemctl is-active srvx.service; systemctl is-enabled srvx.service; "
+            "ip -o addr show dev lo | grep -c 10.233.9.9; systemctl is-system-running; true",
+        )
+    ).splitlines()
+    assert out[: len(files)] == files  # disks and the root's upper (/etc) kept; /run, /tmp not
+    assert out[len(files) :] == [f"srvx-{tag}", "mnt-m-dir", "active", "enabled", "0", out[-1]], out
+    assert out[-1] in ("running", "degraded")
+    assert f"before-{tag}" not in _ok(slab.run("rb1", "cat /proc/self/mountinfo"))
+    # rb2 saw nothing of it
+    assert _ok(slab.run("rb2", f"ls {shlex.join(files)} /srv/x 2>/dev/null; true")) == ""
+    # ssh with the lab's known_hosts (StrictHostKeyChecking yes) works; a wrong key still fails
+    wrong = subprocess.run(
+        ["ssh", "-F", str(slab.ssh_config), "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=/dev/null", "rb1", "true"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
+    assert wrong.returncode == 255 and "Host key verification failed" in wrong.stderr
+    # the state is on the machine's disk, in the host's disk dir; a second reboot does it again
+    with slab.active():
+        disk = labmod.disk_dir("rb1")
+    assert (disk / "lamina" / f"lab-{tag}").is_file() and (disk / "up" / "etc" / f"lab-{tag}").is_file()
+    assert slab.reboot("rb1").pid != after["rb1"].pid
+    assert _ok(slab.run("rb1", f"findmnt -rno SOURCE /srv/x; ls /etc/lab-{tag}")).split() == [
+        f"srvx-{tag}",
+        f"/etc/lab-{tag}",
+    ]
+
+
+def test_reboot_errors_are_one_line(systemd_lab, lab, capfd):
+    capfd.readouterr()
+    assert _reboot_cli(systemd_lab, "rb9") == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "no lab host 'rb9'" in err
+    # the shared lab has tmpfs disks: a reboot would wipe them, so it is refused, host untouched
+    name = lab.hosts[0]
+    pid = labmod.host(name).pid
+    assert _lab_cli("reboot", name) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "tmpfs disks" in err, err
+    assert labmod.host(name).pid == pid and labmod.status()[0]["pid"] == pid
+
+
+def test_sshd_host_with_persistent_disks_reboots_and_runs_its_rc_local():
+    """Without systemd, a host with persistent disks runs its own /etc/rc.local at boot, before sshd."""
+    env = {"LAMINA_LAB_DIR": "/run/lamina/rebootlab-r", "LAMINA_LAB_PREFIX": "rbr", "LAMINA_LAB_NET": "10.233.1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        (h,) = labmod.up(1, init="sshd", disks="persistent")
+        argv = ["ssh", "-F", str(labmod.ssh_config()), "-o", "BatchMode=yes", h.name]
+
+        def run(cmd: str) -> str:
+            return _ok(subprocess.run([*argv, cmd], stdin=subprocess.DEVNULL, capture_output=True, text=True))
+
+        assert run("ps -o comm= -p 1") == "sshd"
+        rc_local = "#!/bin/sh\nmount -t tmpfs rcz /srv/z\n"
+        run(f"mkdir -p /srv/z && printf %s {shlex.quote(rc_local)} > /etc/rc.local && chmod +x /etc/rc.local")
+        assert labmod.reboot(h.name).pid != h.pid
+        assert run("findmnt -rno SOURCE /srv/z") == "rcz"
+    finally:
+        labmod.down()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# Destructive for systemd_lab: keep it last of the systemd_lab tests.
+def test_systemd_lab_down_removes_disks_and_mounts(systemd_lab):
+    slab = systemd_lab
+    with slab.active():
+        disks = labmod.info()["disks_dir"]
+        assert disks and Path(disks).is_dir()
+        assert _lab_cli("down") == 0
+        assert labmod.hosts() == []
+    assert not Path(disks).exists() and not Path(slab.env["LAMINA_LAB_DIR"]).exists()
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert disks not in mounts and "rebootlab" not in mounts
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert not re.search(r"^rb[0-9]+\b", out, re.M), out
+    for cgroot in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+        assert not list(Path(cgroot).glob("lamina-rb[0-9]*"))
+
+
 # Destructive: keep it last in this file, and leave the lab up as the fixture made it.
 def test_up_is_idempotent_and_down_is_clean(lab, capfd):
     try:

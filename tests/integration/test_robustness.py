@@ -176,3 +176,35 @@ def test_deleted_upper_dir_is_reported_as_lost_data_not_recreated(hosts):
     assert lab.run(h, f"test -e {C}/web2/upper || echo still-gone").stdout == "still-gone\n"
     lamina("reset", "-i", str(lab.inventory), "web2", "--host", h, "--yes")
     assert changed_objects(changes(lab, "--limit", h)) == {h: []}
+
+
+def test_a_full_disk_fails_one_host_and_the_next_run_picks_up(hosts):
+    lab = hosts
+    full, others = lab.hosts[0], lab.hosts[1:]
+    lab.run(full, "umount -l /var/lib/lamina; mount -t tmpfs -o size=512k,mode=755 tiny /var/lib/lamina")
+    try:
+        out = lamina("apply", "-i", str(lab.inventory), check=1)
+        assert re.search(rf"^{full}: FAILED: .*(not enough space|No space left on device)", out.stdout, re.M), out.stdout
+        for h in others:
+            assert re.search(rf"^{h}: \d+ changed, 0 unchanged$", out.stdout, re.M), out.stdout
+    finally:
+        lab.run(full, "umount -l /var/lib/lamina; mount -t tmpfs -o mode=755 lamina /var/lib/lamina")
+    report = changes(lab)
+    assert report[full]["changed"] and not report[full]["failed"]
+    assert all(not report[h]["changed"] for h in others)
+    assert changed_objects(changes(lab)) == {h: [] for h in lab.hosts}
+
+
+def test_no_secret_reaches_the_output(hosts, tmp_path):
+    lab = hosts
+    secret = "pa55-w0rd-never-printed"
+    inv = tmp_path / "inv.py"
+    inv.write_text(textwrap.dedent(f"""\
+        exec(open({str(lab.inventory)!r}).read())
+        lab = [(n, dict(d, ssh_password={secret!r})) for n, d in lab] + [
+            ("ghost", dict(lab[0][1], ssh_hostname="10.231.0.250", ssh_connect_retries=0,
+                           ssh_password={secret!r}))]
+        """))
+    for cmd in ("plan", "apply", "verify"):
+        out = lamina(cmd, "-i", str(inv), check=None)
+        assert secret not in out.stdout + out.stderr, cmd
