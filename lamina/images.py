@@ -73,11 +73,16 @@ def files_dir(loaded: LoadedSpec, loc: Loc) -> Path:
 
 
 def local_path(loaded: LoadedSpec, loc: Loc, src: str) -> Path:
-    """A controller-side path: absolute, or relative to the spec's files/ dir or the spec's dir."""
+    """A controller-side path: absolute, or relative to the spec's files/ dir or the spec's
+    dir — and then it must stay inside that dir, symlinks resolved (Docker's build context)."""
     if Path(src).is_absolute():
         return Path(src)
     base = files_dir(loaded, loc)
-    return base / "files" / src if (base / "files" / src).exists() else base / src
+    root = base / "files" if (base / "files" / src).exists() else base
+    path = root / src
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{src} leads out of {root} (through '..' or a symlink)")
+    return path
 
 
 def resolve(loaded: LoadedSpec) -> dict[str, ImagePlan]:

@@ -90,7 +90,7 @@ def one_line(error: SpecError) -> SpecError:
 
 class _Sandbox(jinja2.sandbox.SandboxedEnvironment):
     """Templates cannot reach Python internals (validate touches nothing), nor compute
-    numbers or strings that would never finish (`10**10**10`, `'x' * 10**12`)."""
+    numbers or strings that would never finish (`10 ** 10**10`, `'x' * 10**12`)."""
 
     intercepted_binops = frozenset({"*", "**"})
     LIMIT = 10_000_000
@@ -173,8 +173,8 @@ def parse(text: str, file: str) -> Document:
 
 
 def _construct(loader: yaml.SafeLoader, node: yaml.Node, doc: Document) -> Any:
-    """A scalar (or a !!set, !!omap ...): PyYAML raises plain ValueError, KeyError ... for
-    values its resolver accepted but cannot build (2001-13-45, !!int abc, 5000 digits)."""
+    """A scalar (or a complex key): PyYAML raises plain ValueError, KeyError ... for values
+    its resolver accepted but cannot build (2001-13-45, !!int abc, an int of 5000 digits)."""
     try:
         return loader.construct_object(node, deep=True)
     except yaml.YAMLError:

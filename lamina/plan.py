@@ -121,6 +121,32 @@ class HostPlan:
         return list(seen)
 
 
+def _uses(item: Item) -> list[str]:
+    """The paths a mount reads from: where it lies, and its lowers, upper, work, source."""
+    m = item.mount
+    return [posixpath.dirname(m.target), *m.lower, *(p for p in (m.upper, m.work) if p),
+            *([m.source] if m.fstype == "bind" else [])]
+
+
+def _mount_order(mounts: list[Item]) -> list[Item]:
+    """Every mount after the mounts its paths lie in (an overlay stacked on another
+    overlay's tree, a bind of a path inside a container, ...); otherwise outer before
+    inner, then spec order."""
+    pending = sorted(mounts, key=lambda i: depth(i.mount.target))
+    out: list[Item] = []
+    while pending:
+        for i, item in enumerate(pending):
+            blockers = [o for o in pending if o is not item and any(
+                p == o.mount.target or p.startswith(o.mount.target.rstrip("/") + "/") for p in _uses(item))]
+            if not blockers:
+                out.append(pending.pop(i))
+                break
+        else:  # a cycle (refused by validation where it matters): keep the depth order
+            out += pending
+            break
+    return out
+
+
 def volume_dir(state_dir: str, name: str) -> str:
     return posixpath.join(state_dir, "volumes", name)
 
@@ -228,6 +254,5 @@ def plan(spec: Spec, images: dict[str, ImagePlan] | None = None) -> HostPlan:
         ))
         inside(name, target, c.mounts, c.state, c.force)
 
-    # Outer mounts before inner ones; the sort is stable, so spec order breaks ties.
-    mounts.sort(key=lambda i: depth(i.mount.target))
+    mounts = _mount_order(mounts)
     return HostPlan(sd, tuple(volumes.values()) + tuple(layers.values()) + tuple(mounts), images)

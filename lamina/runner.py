@@ -63,13 +63,17 @@ def load_inventory(path: str):
         raise SpecInvalid([loader.SpecError(path, 1, 1, "inventory file not found")])
     ctx_state.set(State())  # pyinfra executes inventory files inside a state context
     try:
-        return make_inventory(path)
+        inventory = make_inventory(path)
     except CliError as e:
         raise LaminaError(f"inventory {path}: {e}") from None
     except SystemExit as e:  # an inventory file may exit with its own message
         raise LaminaError(str(e.code)) from None
     except Exception as e:
         raise LaminaError(f"inventory {path}: {type(e).__name__}: {e}") from None
+    if not len(inventory):
+        raise SpecInvalid([loader.SpecError(path, 1, 1, "the inventory has no hosts (a file that does not"
+                                            " exist, or a host name that does not resolve?)")])
+    return inventory
 
 
 @dataclass

@@ -194,8 +194,9 @@ Text = Annotated[str, AfterValidator(_check_option)]  # one line, no control cha
 
 
 def _check_env_name(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-        raise ValueError(f"invalid variable name {_show(value)}: use [A-Za-z_][A-Za-z0-9_]*")
+    if not value or "=" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"invalid variable name {_show(value)}: it must be non-empty, without '=' or"
+                         " control characters")
     return value
 
 

@@ -38,10 +38,23 @@ def host(name: str):
 
 
 @functools.cache
-def state(name: str) -> facts.HostState:
-    out = host(name).run(facts.command(plans()[name]))
-    assert out.rc == 0, f"{name}: reading state failed: {out.stderr.strip()}"
+def _read(name: str) -> facts.HostState | str:
+    """The host's state, or why it could not be read (kept: an unreachable host fails
+    each of its tests at once instead of timing out in every one)."""
+    try:
+        out = host(name).run(facts.command(plans()[name]))
+    except Exception as e:  # testinfra raises on a connection failure
+        return f"{name}: cannot reach it: {str(e).strip().splitlines()[-1] if str(e).strip() else e!r}"
+    if out.rc != 0:
+        return f"{name}: reading state failed: {(out.stderr or out.stdout).strip()}"
     return facts.parse(out.stdout.splitlines())
+
+
+def state(name: str) -> facts.HostState:
+    got = _read(name)
+    if isinstance(got, str):
+        pytest.fail(got, pytrace=False)
+    return got
 
 
 def as_specified(name: str, item: Item) -> None:
@@ -115,11 +128,13 @@ def layer_sealed(name: str, item: Item) -> None:
 
 def volume_data(name: str, item: Item) -> None:
     """data dir exists"""
+    state(name)  # reachable at all
     assert host(name).file(item.dirs[-1].path).is_directory, f"{item.dirs[-1].path} is not a directory"
 
 
 def bind_source(name: str, item: Item) -> None:
     """source exists"""
+    state(name)
     assert host(name).file(item.mount.source).exists, f"{item.mount.source} does not exist"
 
 
