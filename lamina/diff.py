@@ -319,6 +319,10 @@ class _Run:
         if missing:
             reasons.insert(0, f"missing {', '.join(missing)}")
         want = item.mount
+        if want is not None and _protected(actual.resolve(want.target)):
+            self.result.errors.append(f"{item.key}: {want.target} resolves on this host to "
+                                      f"{actual.resolve(want.target)}, where lamina never mounts")
+            return Change(item.key, ["refused: target resolves into a protected path"])
         if want is not None:
             target = actual.resolve(want.target)
             lower = self.host.lower(want) if want.fstype == "overlay" else None
@@ -366,6 +370,13 @@ class _Run:
             return None
         return Change(item.key, reasons, unmount=unmount, purge=purge,
                       depth=depth(want.target) if want else 0)
+
+
+def _protected(path: str) -> bool:
+    """A resolved target that is / or lies under /proc, /sys, /dev, /boot (a symlink can lead there)."""
+    from .spec import PROTECTED
+
+    return path == "/" or any(path == p or path.startswith(p + "/") for p in PROTECTED)
 
 
 def _size(n: float) -> str:

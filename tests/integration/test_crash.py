@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def test_killed_applies_always_converge_and_lose_nothing(lab, demo_rootfs, tmp_p
     h = lab.hosts[1]
     assert lab.run(h, CLEAN).returncode == 0
     (tmp_path / "files").mkdir()
-    (tmp_path / "files" / "rootfs.tar").symlink_to(demo_rootfs)
+    shutil.copy(demo_rootfs, tmp_path / "files" / "rootfs.tar")  # copy sources stay inside files/
     changes(lab, "--limit", h, spec=spec_for(tmp_path, 0))
     kills = []
     for trial in range(1, TRIALS + 1):

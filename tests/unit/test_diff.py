@@ -255,3 +255,12 @@ def test_boot_files_hold_the_mounts_and_are_kept_in_sync(host_plan):
     plain = facts.parse(out)  # no systemd: the script, started from /etc/rc.local
     change = [c for c in diff.diff(hp, plain).changes if c.key == "boot mounts"][0]
     assert boot.UNIT not in " ".join(change.purge) and "/etc/rc.local" in change.purge[-1]
+
+
+def test_a_target_that_resolves_into_a_protected_path_is_refused(tmp_path):
+    p = tmp_path / "s.yml"
+    p.write_text("binds: {b1: {source: /srv/share, target: /mnt/link}}")
+    hp = plan(loader.load([p]).spec)
+    out = [line.replace("/mnt/link\t/mnt/link", "/mnt/link\t/proc/sys") for line in fact_output(hp, BASE)]
+    result = diff.diff(hp, facts.parse(out))
+    assert result.errors == ["bind /mnt/link: /mnt/link resolves on this host to /proc/sys, where lamina never mounts"]
