@@ -23,18 +23,20 @@ exit codes: 0 ok, 1 a host failed or verification failed, 2 bad input (nothing t
 """
 
 
-def _targets(p: argparse.ArgumentParser, spec_required: bool = False) -> None:
+def _targets(p: argparse.ArgumentParser, converge: bool = False) -> None:
+    """The options of every command that works on an inventory's hosts."""
     p.add_argument("-i", "--inventory", required=True, help="pyinfra inventory (file or host list)")
-    p.add_argument("specs", nargs="+" if spec_required else "*", metavar="SPEC",
+    p.add_argument("specs", nargs="*", metavar="SPEC",
                    help="spec files (default: roles/<role>/spec.yml for each role in the host's"
                         " lamina_roles inventory data)")
-    p.add_argument("--limit", action="append", default=[], metavar="HOST",
+    p.add_argument("--limit", "--host", action="append", dest="limit", default=[], metavar="HOST",
                    help="only these hosts (repeatable)")
     p.add_argument("--sudo", action="store_true", help="run remote commands through sudo")
-    p.add_argument("--check-layers", action="store_true",
-                   help="also re-read every stored layer and replace those whose content changed (slow)")
-    p.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="how long to wait for another run's lock on a host (default 60)")
+    if converge:
+        p.add_argument("--check-layers", action="store_true",
+                       help="also re-read every stored layer and replace those whose content changed (slow)")
+        p.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="how long to wait for another run's lock on a host (default 60)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_schema)
 
     pl = sub.add_parser("plan", help="show, per host, what apply would change and why")
-    _targets(pl)
+    _targets(pl, converge=True)
     pl.add_argument("--json", action="store_true", help="machine-readable output")
     pl.add_argument("--prune", action="store_true", help="show what --prune would unmount")
     pl.add_argument("--detailed-exitcode", action="store_true",
@@ -63,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plan)
 
     ap = sub.add_parser("apply", help="converge hosts to the specs")
-    _targets(ap)
+    _targets(ap, converge=True)
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     ap.add_argument("--prune", action="store_true", help="unmount what lamina mounted before but no spec names now")
     ap.set_defaults(func=cmd_apply)
@@ -77,13 +79,11 @@ def parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="show a container's layers and mounts as JSON, like docker inspect")
     ins.add_argument("container", metavar="CONTAINER")
     _targets(ins)
-    ins.add_argument("--host", action="append", dest="limit", default=[], metavar="HOST", help="same as --limit")
     ins.set_defaults(func=cmd_inspect)
 
     d = sub.add_parser("diff", help="a container's changes against its image, like docker diff (A/C/D)")
     d.add_argument("container", metavar="CONTAINER")
     _targets(d)
-    d.add_argument("--host", action="append", dest="limit", default=[], metavar="HOST", help="same as --limit")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=cmd_diff)
 
@@ -91,7 +91,6 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("container", metavar="CONTAINER")
     co.add_argument("image", metavar="IMAGE", help="name of the new image; use it as `from: lamina:IMAGE`")
     _targets(co)
-    co.add_argument("--host", action="append", dest="limit", default=[], metavar="HOST", help="same as --limit")
     co.set_defaults(func=cmd_commit)
 
     ex = sub.add_parser("export", help="write an image as a docker-save or OCI archive (docker load takes both)")
@@ -99,8 +98,6 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("-o", "--output", required=True, metavar="FILE", help="archive to write")
     ex.add_argument("--format", choices=("docker", "oci"), default="docker", help="archive format (default docker)")
     _targets(ex)
-    ex.add_argument("--host", action="append", dest="limit", default=[], metavar="HOST",
-                    help="where to fetch layers built by run steps (default: the first host)")
     ex.set_defaults(func=cmd_export)
 
     cpp = sub.add_parser("cp", help="copy files between here and a container or volume (docker cp)",
@@ -118,7 +115,6 @@ def parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("reset", help="drop a container's writable layer and start it fresh (volumes kept)")
     rs.add_argument("container", metavar="CONTAINER")
     _targets(rs)
-    rs.add_argument("--host", action="append", dest="limit", default=[], metavar="HOST", help="same as --limit")
     rs.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     rs.set_defaults(func=cmd_reset)
 
