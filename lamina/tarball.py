@@ -509,6 +509,19 @@ def _mtime(m: tarfile.TarInfo) -> int:
     return math.floor(m.mtime)
 
 
+def _content_of(m: tarfile.TarInfo, latest: dict[str, tarfile.TarInfo], what: str) -> tarfile.TarInfo:
+    """The member holding a hard link's content (for anything else, the member itself)."""
+    if not m.islnk():
+        return m
+    found = latest.get(_clean(m.linkname, what))
+    if found is None:
+        raise ValueError(f"{what}: hard link {m.name!r} points to {m.linkname!r}, "
+                         "which is not an earlier entry of the archive")
+    if found.isdir():
+        raise ValueError(f"{what}: hard link {m.name!r} points to directory {m.linkname!r}")
+    return found
+
+
 def _member_entry(tf: tarfile.TarFile, name: str, m: tarfile.TarInfo, what: str, upper: bool = False) -> _Entry:
     """An entry for an archive member. upper=True reads a tar of an overlay upper/layer dir: its
     xattrs go through _overlay_xattr, exactly as oci_tar_from_overlay_dir reads them from disk."""
@@ -565,16 +578,7 @@ def _read_archive(tf: tarfile.TarFile, what: str, prefix: str = "", oci: bool = 
                 continue
         elif not rel:
             continue
-        data = m
-        if m.islnk():
-            target = _clean(m.linkname, what)
-            found = latest.get(target)
-            if found is None:
-                raise ValueError(f"{what}: hard link {m.name!r} points to {m.linkname!r}, "
-                                 "which is not an earlier entry of the archive")
-            if found.isdir():
-                raise ValueError(f"{what}: hard link {m.name!r} points to directory {m.linkname!r}")
-            data = found
+        data = _content_of(m, latest, what)
         latest[rel] = data
         name = _join(prefix, rel)
         e = _member_entry(tf, name, data, what)
@@ -895,16 +899,7 @@ def _read_upper_tar(tf: tarfile.TarFile, what: str) -> dict[str, _Entry]:
     latest: dict[str, tarfile.TarInfo] = {}  # archive path → member holding its content now
     for m in tf.getmembers():
         rel = _clean(m.name, what)
-        data = m
-        if m.islnk():
-            target = _clean(m.linkname, what)
-            found = latest.get(target)
-            if found is None:
-                raise ValueError(f"{what}: hard link {m.name!r} points to {m.linkname!r}, "
-                                 "which is not an earlier entry of the archive")
-            if found.isdir():
-                raise ValueError(f"{what}: hard link {m.name!r} points to directory {m.linkname!r}")
-            data = found
+        data = _content_of(m, latest, what)
         latest[rel] = data
         if not rel:
             continue  # the upper dir itself (GNU tar's "./"): its metadata is not layer content
