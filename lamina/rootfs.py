@@ -73,17 +73,24 @@ def busybox_rootfs(path: Path | str, busybox: Path | str = BUSYBOX) -> Path:
     with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tf:
         for name in sorted(files):
             kind, mode, payload, uid = files[name]
-            ti = tarfile.TarInfo(name)
-            ti.mode, ti.uid, ti.gid, ti.mtime = mode, uid, uid, ROOTFS_MTIME
-            ti.uname = ti.gname = ""
-            if kind == "dir":
-                ti.type = tarfile.DIRTYPE
-                tf.addfile(ti)
-            elif kind == "symlink":
-                ti.type, ti.linkname = tarfile.SYMTYPE, payload
-                tf.addfile(ti)
-            else:
-                ti.size = len(payload)
-                tf.addfile(ti, io.BytesIO(payload))
+            add_entry(tf, name, kind, mode, payload, uid)
     tmp.replace(path)
     return path
+
+
+def add_entry(tf: tarfile.TarFile, name: str, kind: str, mode: int, payload, uid: int = 0,
+              mtime: int = ROOTFS_MTIME) -> None:
+    """One tar entry: kind "dir", "symlink" (payload: its target) or "file" (payload: bytes);
+    numeric owner uid:uid, no user or group names."""
+    ti = tarfile.TarInfo(name)
+    ti.mode, ti.uid, ti.gid, ti.mtime = mode, uid, uid, mtime
+    ti.uname = ti.gname = ""
+    if kind == "dir":
+        ti.type = tarfile.DIRTYPE
+        tf.addfile(ti)
+    elif kind == "symlink":
+        ti.type, ti.linkname = tarfile.SYMTYPE, payload
+        tf.addfile(ti)
+    else:
+        ti.size = len(payload)
+        tf.addfile(ti, io.BytesIO(payload))

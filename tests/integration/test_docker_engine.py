@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from lamina.rootfs import add_entry
+
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/, for dockerlib
 import dockerlib  # noqa: E402
 from dockerlib import DOCKER_EXPORT_NOISE, Entry, diff_manifests, tar_manifest  # noqa: E402
@@ -64,17 +66,7 @@ def _context(tmp_path: Path) -> Path:
             ("pkg/data.txt", "file", 0o644, b"data\n"),
             ("pkg/link", "symlink", 0o777, "data.txt"),
         ]:
-            ti = tarfile.TarInfo(name)
-            ti.mode, ti.uid, ti.gid, ti.mtime = mode, 1000, 1000, 1_700_000_000
-            if kind == "dir":
-                ti.type = tarfile.DIRTYPE
-                tf.addfile(ti)
-            elif kind == "symlink":
-                ti.type, ti.linkname = tarfile.SYMTYPE, payload
-                tf.addfile(ti)
-            else:
-                ti.size = len(payload)
-                tf.addfile(ti, io.BytesIO(payload))
+            add_entry(tf, name, kind, mode, payload, uid=1000)
     return ctx
 
 
