@@ -127,7 +127,7 @@ def commit(inventory: str, specs: Sequence[str], name: str, image: str, *, sudo:
     """The container's writable layer becomes a layer of its own; IMAGE = its image + that
     layer, stored as an OCI archive on the controller (`from: lamina:IMAGE`), and the new
     layer is put into the host's store at once. The container stays mounted on its upper."""
-    from .materialize import command
+    from .materialize import Failed, command, ship
 
     if not NAME_RE.match(image):
         raise LaminaError(f"invalid image name {image!r}")
@@ -146,9 +146,10 @@ def commit(inventory: str, specs: Sequence[str], name: str, image: str, *, sudo:
         hex_ = layer.diff_id.removeprefix("sha256:")
         if hex_ not in s.fact(host).layers:  # ship it back in normalized form, as any layer
             s.run(host, command("clean", sd))
-            if not host.put_file(str(layer.path), f"{sd}/staging/{hex_}.tar", _sudo=s.state.config.SUDO):
-                raise LaminaError(f"{host.name}: upload of the committed layer failed")
-            s.run(host, command("ship", sd, hex_, layer.sha256))
+            try:
+                ship(host, sd, hex_, layer, s.state.config.SUDO)
+            except Failed as e:
+                raise LaminaError(f"{host.name}: {e}") from None
         return Committed(host.name, image, image_id, layer, archive)
 
 

@@ -14,6 +14,7 @@ import reprlib
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -254,19 +255,13 @@ def read_text(path: Path) -> str:
 
 def load(paths: Iterable[str | Path], variables: Mapping[str, Any] | None = None) -> LoadedSpec:
     """Load, render, validate and merge spec files; raise SpecInvalid with every error."""
-    docs: list[Document] = []
+    specs: list[tuple[Document, Spec]] = []
     errors: list[SpecError] = []
     for p in paths:
         path = Path(p)
         try:
             text = render(read_text(path), str(path), variables or {})
-            docs.append(parse(text, str(path)))
-        except SpecInvalid as e:
-            errors.extend(e.errors)
-    specs = []
-    for doc in docs:
-        try:
-            specs.append((doc, validate(doc)))
+            specs.append(_parsed(text, str(path)))
         except SpecInvalid as e:
             errors.extend(e.errors)
     if errors:
@@ -279,6 +274,14 @@ def load(paths: Iterable[str | Path], variables: Mapping[str, Any] | None = None
     if errors:
         raise SpecInvalid([one_line(e) for e in errors])
     return loaded
+
+
+@lru_cache(maxsize=64)
+def _parsed(text: str, file: str) -> tuple[Document, Spec]:
+    """Parse and validate one rendered file. Many hosts render a file to the same text:
+    it is read once (neither the document nor the spec is ever modified)."""
+    doc = parse(text, file)
+    return doc, validate(doc)
 
 
 def validate(doc: Document) -> Spec:

@@ -10,7 +10,6 @@ GNU tar). A layer is unpacked or built in `<state_dir>/staging` and renamed into
 from __future__ import annotations
 
 import logging
-import posixpath
 import shlex
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -76,7 +75,7 @@ def materialize(state, host, plan: HostPlan, todo: list[Materialize], names: Map
 
     try:
         free = run(command("clean", sd))  # leftovers of an interrupted run go first; free space
-        need = sum(m.ref.layer.size for m in todo if m.action == "ship") * 2  # the upload, then its unpacked copy
+        need = sum(m.ref.layer.size for m in todo if m.action == "ship")  # streamed: only the unpacked copy
         have = _available(free)
         if have is not None and need > have:
             raise Failed(f"not enough space in {sd}: {need >> 20} MiB needed to ship layers, {have >> 20} MiB free")
@@ -86,20 +85,9 @@ def materialize(state, host, plan: HostPlan, todo: list[Materialize], names: Map
         relinks = [m.digest for m in todo if m.action == "relink"]
         if relinks:
             names.update(parse_layers(run(command("relink", sd, *relinks))))
-        ships = [m.ref for m in todo if m.action == "ship"]
-        if ships:  # upload them all over one SFTP session, then unpack them in one command
-            staging = posixpath.join(sd, "staging")
-            args = []
-            for ref in ships:
-                remote = posixpath.join(staging, f"{ref.digest}.tar")
-                try:
-                    ok = host.put_file(str(ref.layer.path), remote, print_output=False, **connector_args)
-                except OSError as e:
-                    raise Failed(f"{ref.label}: upload to {remote} failed ({e}); is the disk full?") from None
-                if not ok:
-                    raise Failed(f"{ref.label}: upload to {remote} failed")
-                args += [ref.digest, ref.layer.sha256]
-            names.update(parse_layers(run(command("ship", sd, *args))))
+        sudo = bool(connector_args.get("_sudo")) or state.config.SUDO
+        for ref in (m.ref for m in todo if m.action == "ship"):
+            names.update(parse_layers(ship(host, sd, ref.digest, ref.layer, sudo, label=ref.label)))
         for step in todo:
             ref = step.ref
             if step.action == "build":
@@ -113,6 +101,17 @@ def materialize(state, host, plan: HostPlan, todo: list[Materialize], names: Map
         host.lamina_failures = [*getattr(host, "lamina_failures", []), str(e)]  # for lamina's report
         return False
     return True
+
+
+def ship(host, state_dir: str, hex_: str, layer, sudo: bool, label: str = "") -> list[str]:
+    """Stream one layer tar into the host's store (digest checked on the way); its output lines."""
+    from .channel import file_chunks, run
+
+    done = run(host, command("ship", state_dir, hex_, layer.sha256), file_chunks(str(layer.path)), sudo)
+    if not done.ok:
+        message = "; ".join(x.strip().removeprefix("lamina: ") for x in done.stderr if x.strip())
+        raise Failed(f"{label or hex_[:12]}: shipping failed: {message or 'no message'}")
+    return done.stdout
 
 
 def _available(df_lines: list[str]) -> int | None:

@@ -15,8 +15,8 @@ from pyinfra import host
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 
+from . import channel, facts, lock
 from . import diff as diffing
-from . import facts, lock
 from .materialize import known, materialize
 from .plan import HostPlan
 
@@ -33,6 +33,10 @@ class LaminaState(FactBase):
         return facts.parse(output)
 
 
+def _sudo() -> bool:
+    return bool((host.current_op_global_arguments or {}).get("_sudo")) or host.state.config.SUDO
+
+
 @operation(is_idempotent=True)
 def converge(plans: Mapping[str, HostPlan], record: Recorder | None = None,
              lock_timeout: float = lock.DEFAULT_TIMEOUT):
@@ -45,8 +49,7 @@ def converge(plans: Mapping[str, HostPlan], record: Recorder | None = None,
     if (result.changes or result.errors) and host.state.is_executing:
         # About to act: hold the host's lock, then look again — another run may have
         # changed the host while we waited.
-        sudo = bool((host.current_op_global_arguments or {}).get("_sudo")) or host.state.config.SUDO
-        yield FunctionCommand(lock.acquire, (lock_timeout, sudo), {})
+        yield FunctionCommand(lock.acquire, (lock_timeout, _sudo()), {})
         actual = host.get_fact(LaminaState, plan=plan)
         result = diffing.diff(plan, actual)
     if record is not None:
@@ -76,6 +79,10 @@ def converge(plans: Mapping[str, HostPlan], record: Recorder | None = None,
             yield StringCommand("printf", "'lamina: %s\\n'", *map(diffing.q, problems), ">&2;", "exit 1")
             return
     if result.changes:
-        yield StringCommand(diffing.script(result))
+        script = diffing.script(result)
+        if len(script) > channel.BIG:  # over Linux's limit for one argument: send it on stdin
+            yield FunctionCommand(channel.run_script, (script, _sudo()), {})
+        else:
+            yield StringCommand(script)
     elif not result.materialize:
         host.noop("lamina: no changes")

@@ -7,9 +7,11 @@ where. Items are ordered so that a mount comes after every mount it lies inside.
 
 from __future__ import annotations
 
+import heapq
 import json
 import posixpath
 from dataclasses import dataclass, field
+from functools import cache
 
 from .images import ImagePlan, LayerRef
 from .loader import container_target
@@ -131,20 +133,39 @@ def _uses(item: Item) -> list[str]:
 def _mount_order(mounts: list[Item]) -> list[Item]:
     """Every mount after the mounts its paths lie in (an overlay stacked on another
     overlay's tree, a bind of a path inside a container, ...); otherwise outer before
-    inner, then spec order."""
+    inner, then spec order. (A topological sort that always takes the first ready item.)"""
     pending = sorted(mounts, key=lambda i: depth(i.mount.target))
-    out: list[Item] = []
-    while pending:
-        for i, item in enumerate(pending):
-            blockers = [o for o in pending if o is not item and any(
-                p == o.mount.target or p.startswith(o.mount.target.rstrip("/") + "/") for p in _uses(item))]
-            if not blockers:
-                out.append(pending.pop(i))
-                break
-        else:  # a cycle (refused by validation where it matters): keep the depth order
-            out += pending
-            break
-    return out
+    at: dict[str, list[int]] = {}
+    for n, item in enumerate(pending):
+        at.setdefault(item.mount.target.rstrip("/") or "/", []).append(n)
+
+    @cache
+    def under(p: str) -> frozenset[int]:  # the mounts at p and at each of its parents
+        here = frozenset(at.get(p.rstrip("/") or "/", ()))
+        parent = posixpath.dirname(p)
+        return here if parent == p else here | under(parent)
+
+    def blockers(n: int) -> set[int]:
+        return {m for p in _uses(pending[n]) for m in under(p) if m != n}
+
+    waits = {n: blockers(n) for n in range(len(pending))}
+    unblocks: dict[int, list[int]] = {}
+    for n, bs in waits.items():
+        for b in bs:
+            unblocks.setdefault(b, []).append(n)
+    ready = [n for n, bs in waits.items() if not bs]
+    heapq.heapify(ready)
+    out: list[int] = []
+    while ready:
+        n = heapq.heappop(ready)
+        out.append(n)
+        for m in unblocks.get(n, ()):
+            waits[m].discard(n)
+            if not waits[m]:
+                heapq.heappush(ready, m)
+    done = set(out)
+    out += [n for n in range(len(pending)) if n not in done]  # a cycle (refused by validation where it matters)
+    return [pending[n] for n in out]
 
 
 def volume_dir(state_dir: str, name: str) -> str:

@@ -173,33 +173,46 @@ class Session:
         return facts.parse(self.run(host, facts.command(self.plans[host.name])))
 
 
+def _plans(hosts: Sequence[tuple[str, dict[str, Any]]], specs: Sequence[str], state_dir: str | None,
+           **flags: bool) -> dict[str, HostPlan]:
+    """Every host's plan, or SpecInvalid with every error of every host (before any connection)."""
+    plans: dict[str, HostPlan] = {}
+    errors = []
+    for name, data in hosts:
+        if state_dir is not None:  # commands that need no spec, only the state dir
+            plans[name] = HostPlan(state_dir, ())
+            continue
+        try:
+            plans[name] = replace(host_plan(name, data, specs), **flags)
+        except SpecInvalid as e:
+            errors += [err for err in e.errors if err not in errors]
+    if errors:
+        raise SpecInvalid(errors)
+    return plans
+
+
+def _select(names: Sequence[str], limit: Sequence[str], inventory_path: str) -> list[str]:
+    chosen = [n for n in names if not limit or n in limit]
+    if limit and not chosen:
+        raise LaminaError(f"--limit {','.join(limit)} matches no host of {inventory_path}")
+    return chosen
+
+
 @contextmanager
 def session(inventory_path: str, specs: Sequence[str], *, sudo: bool = False, limit: Sequence[str] = (),
-            gc: bool = False, state_dir: str | None = None, prune: bool = False,
-            check_layers: bool = False) -> Iterator[Session]:
-    """Validate and plan every selected host, then connect to them; hosts that cannot be
-    reached are reported failed in the session's report."""
+            state_dir: str | None = None, plans: dict[str, HostPlan] | None = None,
+            **flags: bool) -> Iterator[Session]:
+    """Validate and plan every selected host (unless given their plans), then connect to them;
+    hosts that cannot be reached are reported failed in the session's report."""
     from pyinfra.api import Config, State
     from pyinfra.api.connect import connect_all, disconnect_all
     from pyinfra.api.exceptions import PyinfraError
 
     inventory = load_inventory(inventory_path)
-    hosts = [h for h in inventory if not limit or h.name in limit]
-    if limit and not hosts:
-        raise LaminaError(f"--limit {','.join(limit)} matches no host of {inventory_path}")
-    plans: dict[str, HostPlan] = {}
-    errors = []
-    for h in hosts:
-        if state_dir is not None:  # commands that need no spec, only the state dir
-            plans[h.name] = HostPlan(state_dir, ())
-            continue
-        try:
-            plans[h.name] = replace(host_plan(h.name, h.data.dict(), specs), gc=gc, prune=prune,
-                                    check_layers=check_layers)
-        except SpecInvalid as e:
-            errors += [err for err in e.errors if err not in errors]
-    if errors:
-        raise SpecInvalid(errors)
+    chosen = _select([h.name for h in inventory], limit, inventory_path)
+    hosts = [h for h in inventory if h.name in chosen]
+    if plans is None:
+        plans = _plans([(h.name, h.data.dict()) for h in hosts], specs, state_dir, **flags)
 
     log = _Errors()
     pyinfra_log = logging.getLogger("pyinfra")
@@ -223,18 +236,70 @@ def session(inventory_path: str, specs: Sequence[str], *, sudo: bool = False, li
         pyinfra_log.removeHandler(log)
 
 
+def _quick(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool, limit: Sequence[str],
+           **flags: bool) -> tuple[Report, dict[str, HostPlan]] | None:
+    """The fast read: every host's facts through one `ssh` each, no pyinfra. Returns the
+    report of the hosts that are done (in sync, or only planning) and the plans of those
+    that need pyinfra (changes to apply, or the read failed: pyinfra retries and explains).
+    None when the inventory needs pyinfra's own reader or connector."""
+    from . import facts, inventory, sshrun
+    from .diff import diff
+
+    found = inventory.read(inventory_path) if sshrun.available() else None
+    if found is None:
+        return None
+    data = {h.name: h.data for h in found}
+    chosen = _select(list(data), limit, inventory_path)
+    with sshrun.Connections({n: data[n] for n in chosen}, sudo) as connections:  # connect while planning
+        plans = _plans([(n, data[n]) for n in chosen], specs, None, **flags)
+        outcomes = connections.run_all({n: facts.command(plans[n]) for n in chosen})
+    report, rest = Report({n: HostReport(n) for n in chosen}), {}
+    for name in chosen:
+        out = outcomes[name]
+        if not out.ok:
+            rest[name] = plans[name]
+            continue
+        actual = facts.parse(out.stdout.splitlines())
+        result = diff(plans[name], actual)
+        if apply and (result.changes or result.errors or result.materialize):
+            rest[name] = plans[name]
+            continue
+        report.record(name, plans[name], actual, result)
+        if result.errors:
+            report.fail(name, "; ".join(result.errors))
+    return report, rest
+
+
 def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = False,
         limit: Sequence[str] = (), gc: bool = False, lock_timeout: float = 60.0, prune: bool = False,
         check_layers: bool = False) -> Report:
     """Plan (and with apply=True, execute) on every host of the inventory. `gc`: instead,
-    remove layers that nothing in the specs (nor any mounted overlay) uses."""
+    remove layers that nothing in the specs (nor any mounted overlay) uses.
+
+    Every host is read first with one plain `ssh` (see `_quick`); only hosts with something
+    to do (or that the quick read could not reach) go through pyinfra."""
+    flags = {"gc": gc, "prune": prune, "check_layers": check_layers}
+    quick = _quick(inventory_path, specs, apply=apply, sudo=sudo, limit=limit, **flags)
+    if quick is None:
+        return _run_pyinfra(inventory_path, specs, apply=apply, sudo=sudo, limit=limit, lock_timeout=lock_timeout,
+                            **flags)
+    report, rest = quick
+    if rest:
+        slow = _run_pyinfra(inventory_path, specs, apply=apply, sudo=sudo, limit=list(rest), plans=rest,
+                            lock_timeout=lock_timeout, **flags)
+        report.hosts.update(slow.hosts)  # keeps inventory order: every host has its entry already
+    return report
+
+
+def _run_pyinfra(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool, limit: Sequence[str],
+                 lock_timeout: float, plans: dict[str, HostPlan] | None = None, **flags: bool) -> Report:
     from pyinfra.api.exceptions import PyinfraError
     from pyinfra.api.operation import add_op
     from pyinfra.api.operations import run_ops
 
     from .operations import converge
 
-    with session(inventory_path, specs, sudo=sudo, limit=limit, gc=gc, prune=prune, check_layers=check_layers) as s:
+    with session(inventory_path, specs, sudo=sudo, limit=limit, plans=plans, **flags) as s:
         report, state = s.report, s.state
         if not s.active:
             return report

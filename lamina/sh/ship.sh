@@ -1,18 +1,21 @@
-# ship: SD [HEX SHA256]... — unpack the uploaded layer tars SD/staging/HEX.tar (overlay form),
-# each as layer HEX.
+# ship: SD HEX SHA256 — unpack the layer tar (overlay form) arriving on stdin as layer HEX,
+# checking its sha256 while it streams (one pass, no copy of the tar on the host).
 store
-stage=
+hex=$1 sum=$2
+stage="$SD/staging/$hex.$$"
 trap 'rm -rf -- "$stage"' EXIT
-while [ "$#" -ge 2 ]; do
-  hex=$1 sum=$2 tarball="$SD/staging/$1.tar"
-  shift 2
-  stage="$SD/staging/$hex.$$"
-  got=$(sha256sum < "$tarball" | cut -c1-64)
-  [ "$got" = "$sum" ] || fail "layer $hex: the upload is corrupt (sha256 $got, want $sum)"
-  mkdir -m 700 -- "$stage"
-  mkdir -m 755 -- "$stage/diff"
+mkdir -m 700 -- "$stage"
+mkdir -m 755 -- "$stage/diff"
+mkfifo -m 600 -- "$stage/tee"
+sha256sum < "$stage/tee" > "$stage/sum" &
+# tar stops at the archive's end marker: drain the rest so that all of it is digested
+tee -- "$stage/tee" | {
   tar -x --xattrs --xattrs-include='trusted.*' --xattrs-include='security.capability' --numeric-owner -p \
-    -f "$tarball" -C "$stage/diff"
-  rm -f -- "$tarball"
-  commit "$SD" "$stage" "$hex"
-done
+    -f - -C "$stage/diff"
+  cat > /dev/null
+}
+wait "$!"
+got=$(cut -c1-64 < "$stage/sum")
+[ "$got" = "$sum" ] || fail "layer $hex: corrupt in transit (sha256 $got, want $sum)"
+rm -f -- "$stage/tee" "$stage/sum"
+commit "$SD" "$stage" "$hex"

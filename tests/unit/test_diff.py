@@ -65,7 +65,7 @@ def fact_output(host_plan, mountinfo: str, missing=(), modes=None, files=None, r
     lines.append("@@lamina-files")
     default_files = {"/var/lib/lamina/volumes/data/labels.json": '{"team": "lab"}'}
     for path, content in (default_files if files is None else files).items():
-        lines.append(f"{path}\t{content}")
+        lines += [f"==> {path} <==", content, ""]  # as `head -n 1 FILE...` prints them
     lines.append("@@lamina-end")
     return lines
 

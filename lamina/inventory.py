@@ -1,0 +1,78 @@
+"""A light reader for the common pyinfra inventories, so that reading hosts needs neither
+pyinfra's import (~0.35 s) nor its connection machinery.
+
+It understands a comma-separated host list and an inventory file whose module-level lists
+hold host names or ``(name, data)`` tuples — the shapes pyinfra's own docs lead with — and
+gives each host exactly the data pyinfra would. Anything else (group data files or group
+tuples, connectors like ``@docker/...``, data that changes how pyinfra connects or runs
+commands in ways plain OpenSSH cannot mirror) returns None: callers then use pyinfra's
+reader and connectors, which handle every form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import sshrun
+from .errors import LaminaError
+
+
+@dataclass(frozen=True)
+class InventoryHost:
+    name: str
+    data: dict[str, Any]
+
+
+def read(path: str) -> list[InventoryHost] | None:
+    """The hosts of a pyinfra inventory in inventory order, or None when it needs pyinfra."""
+    file = Path(path)
+    if file.is_file():
+        if not path.endswith(".py") or (file.resolve().parent / "group_data").exists():
+            return None
+        groups = _groups(file)
+        if groups is None:
+            return None
+        hosts: dict[str, dict[str, Any]] = {}
+        for members in groups:
+            for member in members:
+                name, data = (member if isinstance(member, tuple) else (member, {}))
+                if not isinstance(name, str) or not isinstance(data, dict):
+                    return None
+                if data and hosts.get(name) and data != hosts[name]:
+                    return None  # two different data for one host: let pyinfra merge them
+                hosts[name] = hosts.get(name) or data
+    elif "," in path:
+        hosts = {name: {} for name in path.split(",") if name}
+    else:
+        return None
+    if any(name.startswith("@") for name in hosts):
+        return None
+    if not all(sshrun.supports(d) for d in hosts.values()):
+        return None
+    return [InventoryHost(name, data) for name, data in hosts.items()]
+
+
+def _groups(file: Path) -> list[list] | None:
+    namespace: dict[str, Any] = {"__file__": str(file)}
+    try:
+        exec(compile(file.read_text(encoding="utf-8"), str(file), "exec"), namespace)
+    except SystemExit as e:  # an inventory may exit with its own message (the lab's does)
+        raise LaminaError(str(e.code)) from None
+    except Exception:
+        return None  # pyinfra's reader reports it, with its own context
+    groups = []
+    # pyinfra orders hosts as the group `all` lists them, when there is one
+    for key, value in sorted(namespace.items(), key=lambda kv: kv[0] != "all"):
+        if key.startswith("_"):
+            continue
+        if isinstance(value, tuple):
+            return None  # a (hosts, group data) group
+        if isinstance(value, list):
+            if not all(isinstance(m, (str, tuple)) for m in value):
+                continue  # pyinfra ignores such lists too
+            if not all(isinstance(m, str) or (len(m) == 2) for m in value):
+                return None
+            groups.append(value)
+    return groups

@@ -1,0 +1,78 @@
+"""The fast read (runner._quick): one plain `ssh` per host decides whether pyinfra is needed
+at all, and a spec too big for one command line still converges (channel.BIG).
+
+Counts come from each host's sshd log (one "Starting session" per remote command)."""
+
+from __future__ import annotations
+
+import json
+
+from test_engine import changes, hosts, lamina, mounts  # noqa: F401  (fixture)
+
+
+def _sessions(lab, marks) -> dict[str, list[str]]:
+    return {h: lab.exec_requests(h, marks[h]) for h in lab.hosts}
+
+
+def test_noop_is_one_remote_command_per_host_and_no_pyinfra(hosts):  # noqa: F811
+    lab = hosts
+    changes(lab)
+    marks = {h: lab.mark(h) for h in lab.hosts}
+    out = lamina("apply", "-i", str(lab.inventory), "--json")
+    assert all(not r["changed"] and r["unchanged"] for r in json.loads(out.stdout)["hosts"].values())
+    assert _sessions(lab, marks) == {h: ["command"] for h in lab.hosts}
+    # `plan` with drift is answered by the same single read, on every host
+    assert lab.run(lab.hosts[0], "umount /mnt/demo-shared").returncode == 0
+    marks = {h: lab.mark(h) for h in lab.hosts}
+    plan = lamina("plan", "-i", str(lab.inventory)).stdout.splitlines()
+    assert plan[0] == f"{lab.hosts[0]} bind /mnt/demo-shared: not mounted"
+    assert _sessions(lab, marks) == {h: ["command"] for h in lab.hosts}
+
+
+def test_only_the_drifted_host_goes_through_pyinfra(hosts):  # noqa: F811
+    lab = hosts
+    changes(lab)
+    victim = lab.hosts[1]
+    assert lab.run(victim, "umount /mnt/demo-shared").returncode == 0
+    marks = {h: lab.mark(h) for h in lab.hosts}
+    report = changes(lab)
+    assert {h: [c["object"] for c in r["changed"]] for h, r in report.items()} == \
+        {h: ["bind /mnt/demo-shared"] if h == victim else [] for h in lab.hosts}
+    assert list(report) == lab.hosts  # inventory order, whichever path each host took
+    sessions = _sessions(lab, marks)
+    assert all(sessions[h] == ["command"] for h in lab.hosts if h != victim), sessions
+    assert len(sessions[victim]) > 1 and "/mnt/demo-shared" in mounts(lab, victim)
+
+
+def test_an_inventory_only_pyinfra_can_read_gives_the_same_answer(hosts, tmp_path):  # noqa: F811
+    """Host data the OpenSSH path does not mirror (here ssh_connect_retries) sends every
+    host through pyinfra's connector: same report, and still at most 2 commands."""
+    lab = hosts
+    inventory = tmp_path / "inv.py"
+    inventory.write_text(
+        f"exec(open({str(lab.inventory)!r}).read())\n"
+        "lab = [(name, {**data, 'ssh_connect_retries': 1}) for name, data in lab]\n")
+    first = changes(lab)
+    marks = {h: lab.mark(h) for h in lab.hosts}
+    out = lamina("apply", "-i", str(inventory), "--json")
+    second = json.loads(out.stdout)["hosts"]
+    assert {h: r["unchanged"] for h, r in second.items()} == \
+        {h: [c["object"] for c in r["changed"] if c["object"] != "boot mounts"] for h, r in first.items()}
+    assert all(1 < len(s) <= 2 for s in _sessions(lab, marks).values())
+
+
+def test_a_spec_over_the_command_line_limit_converges(hosts, tmp_path):  # noqa: F811
+    """150 binds make a fact command and a script far over Linux's 128 KiB per argument."""
+    lab = hosts
+    host = lab.hosts[0]
+    body = "".join(f"  b{i}: {{source: /srv/many-source/with-a-long-directory-name/s{i},"
+                   f" target: /mnt/many/t{i}, create_source: true}}\n" for i in range(150))
+    spec = tmp_path / "many.yml"
+    spec.write_text("binds:\n" + body)
+    first = lamina("apply", "-i", str(lab.inventory), "--limit", host, str(spec)).stdout.splitlines()
+    assert first[-1] == f"{host}: 151 changed, 0 unchanged"  # 150 binds + the boot script
+    assert len([m for m in mounts(lab, host) if m.startswith("/mnt/many/")]) == 150
+    marks = {h: lab.mark(h) for h in lab.hosts}
+    again = lamina("apply", "-i", str(lab.inventory), "--limit", host, str(spec)).stdout.splitlines()
+    assert again == [f"{host}: 0 changed, 150 unchanged"]
+    assert lab.exec_requests(host, marks[host]) == ["command"]

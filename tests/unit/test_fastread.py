@@ -1,0 +1,110 @@
+"""The pieces of the fast read that need no host: the light inventory reader (it must give
+pyinfra's hosts and data, or step aside), the OpenSSH command line, and the fact command
+itself, run by this machine's sh against a scratch tree."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+
+import pytest
+
+from lamina import facts, inventory, sshrun
+from lamina.errors import LaminaError
+from lamina.plan import Dir, HostPlan, Item
+
+
+def _inv(tmp_path, text: str) -> str:
+    path = tmp_path / "inv.py"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def test_reader_matches_pyinfra_on_the_common_shapes(tmp_path):
+    path = _inv(tmp_path, """
+        import os as _os
+        web = ["w1", ("w2", {"ssh_port": 2222, "lamina_roles": ["demo"]})]
+        db = [("d1", {"ssh_hostname": "10.0.0.9", "ssh_user": "ops"}), "w1"]
+        notes = "not a group"
+        _private = ["ignored"]
+        """)
+    found = inventory.read(path)
+    assert [h.name for h in found] == ["w1", "w2", "d1"]
+    data = {h.name: h.data for h in found}
+    assert data == {"w1": {}, "w2": {"ssh_port": 2222, "lamina_roles": ["demo"]},
+                    "d1": {"ssh_hostname": "10.0.0.9", "ssh_user": "ops"}}
+    from lamina.runner import load_inventory
+
+    theirs = load_inventory(path)
+    assert [h.name for h in theirs] == [h.name for h in found]
+    for h in theirs:
+        for key, value in data[h.name].items():
+            assert h.data.get(key) == value
+
+
+@pytest.mark.parametrize("text", [
+    'lab = (["a", "b"], {"ssh_user": "x"})',  # a group with group data
+    'lab = [("a", {"ssh_password": "p"})]',  # a password: paramiko only
+    'lab = [("a", {"_sudo": True})]',  # global arguments in data
+    'lab = ["@local"]',  # a connector
+    'lab = [("a", {"ssh_port": 1})]\nother = [("a", {"ssh_port": 2})]',  # two data for one host
+    'raise ValueError("boom")',  # pyinfra reports errors its own way
+])
+def test_reader_steps_aside_for_what_only_pyinfra_handles(tmp_path, text):
+    assert inventory.read(_inv(tmp_path, text)) is None
+
+
+def test_reader_steps_aside_for_group_data_and_reads_host_lists(tmp_path):
+    path = _inv(tmp_path, 'lab = ["a"]')
+    (tmp_path / "group_data").mkdir()
+    assert inventory.read(path) is None
+    assert [h.name for h in inventory.read("h1,h2")] == ["h1", "h2"]
+    assert inventory.read("single-host-or-module.name") is None
+
+
+def test_reader_passes_an_inventory_exit_message_on(tmp_path):
+    with pytest.raises(LaminaError, match="the lab is down"):
+        inventory.read(_inv(tmp_path, 'raise SystemExit("the lab is down")'))
+
+
+def test_ssh_argv_keeps_host_key_checking_and_maps_pyinfra_data():
+    argv = sshrun.argv("web", {"ssh_hostname": "10.1.1.1", "ssh_port": 2222, "ssh_user": "ops",
+                               "ssh_key": "/k", "ssh_known_hosts_file": "/kh"}, sudo=True)
+    assert argv[-3:] == ["--", "10.1.1.1", "sudo -H -n sh -s"]
+    assert "StrictHostKeyChecking=accept-new" in argv and "UserKnownHostsFile=/kh" in argv
+    assert ["-p", "2222"] == argv[argv.index("-p"):argv.index("-p") + 2]
+    assert "BatchMode=yes" in argv
+    assert sshrun.argv("web", {"ssh_password": "x"}, sudo=False) is None
+
+
+def test_fact_command_reads_a_real_tree(tmp_path):
+    """The fact command as this machine's sh runs it: shared-prefix variables, odd names,
+    missing paths and the one-line managed files all come back right."""
+    base = tmp_path / "it's a dir"
+    (base / "sub dir").mkdir(parents=True)
+    (base / "link").symlink_to(base / "sub dir")
+    (base / "labels.json").write_text('{"a": "b"}\n')
+    (base / "empty").write_text("")
+    names = ["sub dir", "link", "missing", "$(touch pwned)", "x\\y"]
+    paths = [str(base / n) for n in names]
+    item = Item("volume", "v", dirs=tuple(Dir(p) for p in paths),
+                files=((str(base / "labels.json"), "x"), (str(base / "empty"), ""), (str(base / "nope"), "")))
+    plan = HostPlan(str(tmp_path / "state"), (item,), boot=False)
+    out = subprocess.run(["sh", "-c", facts.command(plan)], capture_output=True, text=True, check=True)
+    state = facts.parse(out.stdout.splitlines())
+    assert not (tmp_path / "pwned").exists() and not (base / "pwned").exists()
+    assert state.paths[str(base / "link")].resolved == str(base / "sub dir")
+    assert state.paths[str(base / "sub dir")].exists and not state.paths[str(base / "missing")].exists
+    assert set(state.paths) >= set(paths)
+    assert state.files == {str(base / "labels.json"): '{"a": "b"}', str(base / "empty"): ""}
+    assert state.util_linux and state.mounts
+
+
+def test_shared_words_keep_commands_small():
+    paths = [f"/var/lib/lamina/containers/c{i}/{leaf}" for i in range(200) for leaf in ("upper", "work", "merged")]
+    assignments, words = facts.shared_words(paths)
+    spelled = sum(len(p) + 1 for p in paths)
+    assert sum(len(w) + 1 for w in assignments + words) < spelled * 0.75
+    script = "\n".join([*assignments, "printf '%s\\n' " + " ".join(words)])
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == paths
