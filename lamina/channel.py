@@ -10,6 +10,7 @@ connection, one CPU for every host — is the fallback.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 import subprocess
 from collections.abc import Iterable
@@ -47,8 +48,13 @@ def _openssh(argv: list[str], data: Iterable[bytes]) -> Done:
             proc.stdin.write(chunk)
     except BrokenPipeError:
         pass  # the remote side stopped reading: its exit status and stderr say why
+    except BaseException:
+        proc.kill()  # cut the stream short: the host stores nothing
+        proc.wait()
+        raise
     finally:
-        proc.stdin.close()
+        if proc.stdin and not proc.stdin.closed:
+            proc.stdin.close()
     out, err = proc.communicate()
     return Done(proc.returncode == 0, out.decode(errors="replace").splitlines(),
                 err.decode(errors="replace").splitlines())
@@ -56,7 +62,7 @@ def _openssh(argv: list[str], data: Iterable[bytes]) -> Done:
 
 def _paramiko(host, command: str, data: Iterable[bytes]) -> Done:
     channel = host.connector.client.get_transport().open_session()
-    try:
+    try:  # an exception while sending closes the channel before EOF: the host stores nothing
         channel.exec_command(command)
         for chunk in data:
             channel.sendall(chunk)
@@ -69,10 +75,27 @@ def _paramiko(host, command: str, data: Iterable[bytes]) -> Done:
     return Done(status == 0, out.decode(errors="replace").splitlines(), err.decode(errors="replace").splitlines())
 
 
-def file_chunks(path: str) -> Iterable[bytes]:
+class Corrupt(Exception):
+    pass
+
+
+def verified_chunks(path: str, sha256: str) -> Iterable[bytes]:
+    """The file's bytes, hashed on the way; the last chunk is held back until the whole
+    digest matches, so a corrupt file never reaches the host in full (Corrupt instead)."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            yield chunk
+        held = f.read(CHUNK)
+        while held:
+            digest.update(held)
+            chunk = f.read(CHUNK)
+            if not chunk:
+                break
+            yield held
+            held = chunk
+    if digest.hexdigest() != sha256:
+        raise Corrupt(f"{path}: sha256 {digest.hexdigest()}, want {sha256}")
+    if held:
+        yield held
 
 
 def run_script(state, host, script: str, sudo: bool) -> bool:

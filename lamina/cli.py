@@ -7,9 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from . import loader
+from . import DEFAULT_STATE_DIR
 from .errors import LaminaError, SpecInvalid, UsageError
-from .spec import DEFAULT_STATE_DIR
 
 EPILOG = """\
 examples:
@@ -147,7 +146,7 @@ def parser() -> argparse.ArgumentParser:
 
 def cmd_validate(args) -> int:
     """Everything short of a host: parse, check, and build the images' layers (controller side)."""
-    from . import images
+    from . import images, loader
     from .runner import host_variables, load_inventory
 
     def check(variables) -> None:
@@ -178,9 +177,13 @@ def cmd_schema(args) -> int:
 
 
 def _run(args, apply: bool) -> int:
+    from . import sshrun
+
+    # Connect first, then import and plan while the SSH handshakes run.
+    early = sshrun.Connections.for_inventory(args.inventory, args.limit, args.sudo)
     from .runner import run
 
-    report = run(args.inventory, args.specs, apply=apply, sudo=args.sudo, limit=args.limit,
+    report = run(args.inventory, args.specs, apply=apply, sudo=args.sudo, limit=args.limit, early=early,
                  lock_timeout=args.lock_timeout, prune=getattr(args, "prune", False),
                  check_layers=args.check_layers)
     if args.json:
@@ -317,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except SpecInvalid as e:
+        from . import loader
+
         loader.report(e)
         return e.exit_code
     except LaminaError as e:

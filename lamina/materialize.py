@@ -105,9 +105,14 @@ def materialize(state, host, plan: HostPlan, todo: list[Materialize], names: Map
 
 def ship(host, state_dir: str, hex_: str, layer, sudo: bool, label: str = "") -> list[str]:
     """Stream one layer tar into the host's store (digest checked on the way); its output lines."""
-    from .channel import file_chunks, run
+    from .channel import Corrupt, run, verified_chunks
 
-    done = run(host, command("ship", state_dir, hex_, layer.sha256), file_chunks(str(layer.path)), sudo)
+    try:
+        done = run(host, command("ship", state_dir, hex_, str(layer.size)), verified_chunks(str(layer.path),
+                                                                                          layer.sha256), sudo)
+    except Corrupt as e:
+        raise Failed(f"{label or hex_[:12]}: the controller's cached layer is corrupt ({e}); delete it and"
+                     " run again to rebuild it") from None
     if not done.ok:
         message = "; ".join(x.strip().removeprefix("lamina: ") for x in done.stderr if x.strip())
         raise Failed(f"{label or hex_[:12]}: shipping failed: {message or 'no message'}")

@@ -237,7 +237,7 @@ def session(inventory_path: str, specs: Sequence[str], *, sudo: bool = False, li
 
 
 def _quick(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool, limit: Sequence[str],
-           **flags: bool) -> tuple[Report, dict[str, HostPlan]] | None:
+           early=None, **flags: bool) -> tuple[Report, dict[str, HostPlan]] | None:
     """The fast read: every host's facts through one `ssh` each, no pyinfra. Returns the
     report of the hosts that are done (in sync, or only planning) and the plans of those
     that need pyinfra (changes to apply, or the read failed: pyinfra retries and explains).
@@ -250,7 +250,7 @@ def _quick(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool
         return None
     data = {h.name: h.data for h in found}
     chosen = _select(list(data), limit, inventory_path)
-    with sshrun.Connections({n: data[n] for n in chosen}, sudo) as connections:  # connect while planning
+    with early or sshrun.Connections({n: data[n] for n in chosen}, sudo) as connections:  # connect while planning
         plans = _plans([(n, data[n]) for n in chosen], specs, None, **flags)
         outcomes = connections.run_all({n: facts.command(plans[n]) for n in chosen})
     report, rest = Report({n: HostReport(n) for n in chosen}), {}
@@ -272,14 +272,19 @@ def _quick(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool
 
 def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = False,
         limit: Sequence[str] = (), gc: bool = False, lock_timeout: float = 60.0, prune: bool = False,
-        check_layers: bool = False) -> Report:
+        check_layers: bool = False, early=None) -> Report:
     """Plan (and with apply=True, execute) on every host of the inventory. `gc`: instead,
     remove layers that nothing in the specs (nor any mounted overlay) uses.
 
     Every host is read first with one plain `ssh` (see `_quick`); only hosts with something
-    to do (or that the quick read could not reach) go through pyinfra."""
+    to do (or that the quick read could not reach) go through pyinfra. `early`: the hosts'
+    connections, opened by the caller before planning (sshrun.Connections.for_inventory)."""
     flags = {"gc": gc, "prune": prune, "check_layers": check_layers}
-    quick = _quick(inventory_path, specs, apply=apply, sudo=sudo, limit=limit, **flags)
+    try:
+        quick = _quick(inventory_path, specs, apply=apply, sudo=sudo, limit=limit, early=early, **flags)
+    finally:
+        if early is not None:
+            early.close()
     if quick is None:
         return _run_pyinfra(inventory_path, specs, apply=apply, sudo=sudo, limit=limit, lock_timeout=lock_timeout,
                             **flags)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-DEFAULT_STATE_DIR = "/var/lib/lamina"
+from . import DEFAULT_STATE_DIR  # noqa: F401  (re-exported)
 
 # Docker's volume name rule (moby volume/local); used for every object name. \Z, not $:
 # "$" also matches before a final newline.

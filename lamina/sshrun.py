@@ -77,6 +77,18 @@ class Connections:
             self.masters[name] = subprocess.Popen(master, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                                   stderr=subprocess.DEVNULL)
 
+    @classmethod
+    def for_inventory(cls, inventory_path: str, limit, sudo: bool) -> Connections | None:
+        """Connections to the inventory's (selected) hosts, when the fast read can serve it."""
+        from . import inventory
+
+        try:
+            found = inventory.read(inventory_path) if available() else None
+        except Exception:
+            return None  # the full path reads it again and reports the problem
+        hosts = {h.name: h.data for h in found or () if not limit or h.name in limit}
+        return cls(hosts, sudo) if hosts else None
+
     def _control(self, name: str, n: int, master: str) -> tuple[str, ...]:
         return ("-o", f"ControlPath={self.dir}/{n}", "-o", f"ControlMaster={master}", "-o", "ControlPersist=no")
 
