@@ -35,7 +35,8 @@ def wrap(command: str, sudo: bool) -> str:
 
 def run(host, command: str, data: Iterable[bytes], sudo: bool) -> Done:
     """Run `command` on a pyinfra host with `data` as its stdin."""
-    argv = sshrun.argv(host.name, host.data.dict(), sudo=False, remote=wrap(command, sudo))
+    argv = sshrun.argv(host.name, host.data.dict(), sudo=False, remote=wrap(command, sudo),
+                       extra=sshrun.reuse(host.name))
     if argv is not None and sshrun.available():
         return _openssh(argv, data)
     return _paramiko(host, wrap(command, sudo), data)

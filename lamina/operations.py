@@ -39,14 +39,20 @@ def _sudo() -> bool:
 
 @operation(is_idempotent=True)
 def converge(plans: Mapping[str, HostPlan], record: Recorder | None = None,
-             lock_timeout: float = lock.DEFAULT_TIMEOUT):
-    """Bring this host to its plan: layers, directories, mounts, purges."""
+             lock_timeout: float = lock.DEFAULT_TIMEOUT, seen: Mapping[str, facts.HostState] | None = None):
+    """Bring this host to its plan: layers, directories, mounts, purges. `seen`: the hosts'
+    state as the caller just read it (lamina's fast read), so pyinfra need not read it again
+    to learn that there is something to do."""
     plan = plans.get(host.name)
     if plan is None:
         return
-    actual = host.get_fact(LaminaState, plan=plan)
-    result = diffing.diff(plan, actual)
-    if (result.changes or result.errors) and host.state.is_executing:
+    seen_here = (seen or {}).get(host.name)
+    if seen_here is not None and host.state.is_executing:
+        actual, result = None, None  # known to differ: straight to the lock
+    else:
+        actual = seen_here or host.get_fact(LaminaState, plan=plan)
+        result = diffing.diff(plan, actual)
+    if result is None or ((result.changes or result.errors) and host.state.is_executing):
         # About to act: hold the host's lock, then look again — another run may have
         # changed the host while we waited.
         yield FunctionCommand(lock.acquire, (lock_timeout, _sudo()), {})

@@ -236,24 +236,19 @@ def session(inventory_path: str, specs: Sequence[str], *, sudo: bool = False, li
         pyinfra_log.removeHandler(log)
 
 
-def _quick(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool, limit: Sequence[str],
-           early=None, **flags: bool) -> tuple[Report, dict[str, HostPlan]] | None:
-    """The fast read: every host's facts through one `ssh` each, no pyinfra. Returns the
-    report of the hosts that are done (in sync, or only planning) and the plans of those
-    that need pyinfra (changes to apply, or the read failed: pyinfra retries and explains).
-    None when the inventory needs pyinfra's own reader or connector."""
-    from . import facts, inventory, sshrun
+def _quick(connections, specs: Sequence[str], *, apply: bool,
+           **flags: bool) -> tuple[Report, dict[str, HostPlan], dict[str, HostState]]:
+    """The fast read: every host's facts through one `sh -s` on its OpenSSH connection, no
+    pyinfra. Returns the report of the hosts that are done (in sync, or only planning), and
+    the plans and states of those that need pyinfra (changes to apply, or the read failed:
+    pyinfra retries and explains)."""
+    from . import facts
     from .diff import diff
 
-    found = inventory.read(inventory_path) if sshrun.available() else None
-    if found is None:
-        return None
-    data = {h.name: h.data for h in found}
-    chosen = _select(list(data), limit, inventory_path)
-    with early or sshrun.Connections({n: data[n] for n in chosen}, sudo) as connections:  # connect while planning
-        plans = _plans([(n, data[n]) for n in chosen], specs, None, **flags)
-        outcomes = connections.run_all({n: facts.command(plans[n]) for n in chosen})
-    report, rest = Report({n: HostReport(n) for n in chosen}), {}
+    chosen = list(connections.hosts)
+    plans = _plans([(n, connections.hosts[n]) for n in chosen], specs, None, **flags)  # while they connect
+    outcomes = connections.run_all({n: facts.command(plans[n]) for n in chosen})
+    report, rest, seen = Report({n: HostReport(n) for n in chosen}), {}, {}
     for name in chosen:
         out = outcomes[name]
         if not out.ok:
@@ -262,12 +257,12 @@ def _quick(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool
         actual = facts.parse(out.stdout.splitlines())
         result = diff(plans[name], actual)
         if apply and (result.changes or result.errors or result.materialize):
-            rest[name] = plans[name]
+            rest[name], seen[name] = plans[name], actual
             continue
         report.record(name, plans[name], actual, result)
         if result.errors:
             report.fail(name, "; ".join(result.errors))
-    return report, rest
+    return report, rest, seen
 
 
 def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = False,
@@ -277,27 +272,28 @@ def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = 
     remove layers that nothing in the specs (nor any mounted overlay) uses.
 
     Every host is read first with one plain `ssh` (see `_quick`); only hosts with something
-    to do (or that the quick read could not reach) go through pyinfra. `early`: the hosts'
-    connections, opened by the caller before planning (sshrun.Connections.for_inventory)."""
+    to do (or that the quick read could not reach) go through pyinfra, whose layer streams
+    reuse the same connections. `early`: those connections, opened by the caller before it
+    imported this module (sshrun.Connections.for_inventory)."""
+    from . import sshrun
+
     flags = {"gc": gc, "prune": prune, "check_layers": check_layers}
-    try:
-        quick = _quick(inventory_path, specs, apply=apply, sudo=sudo, limit=limit, early=early, **flags)
-    finally:
-        if early is not None:
-            early.close()
-    if quick is None:
+    connections = early or sshrun.Connections.for_inventory(inventory_path, limit, sudo)
+    if connections is None:  # an inventory only pyinfra can read or connect to
         return _run_pyinfra(inventory_path, specs, apply=apply, sudo=sudo, limit=limit, lock_timeout=lock_timeout,
                             **flags)
-    report, rest = quick
-    if rest:
-        slow = _run_pyinfra(inventory_path, specs, apply=apply, sudo=sudo, limit=list(rest), plans=rest,
-                            lock_timeout=lock_timeout, **flags)
-        report.hosts.update(slow.hosts)  # keeps inventory order: every host has its entry already
+    with connections:
+        report, rest, seen = _quick(connections, specs, apply=apply, **flags)
+        if rest:
+            slow = _run_pyinfra(inventory_path, specs, apply=apply, sudo=sudo, limit=list(rest), plans=rest,
+                                seen=seen, lock_timeout=lock_timeout, **flags)
+            report.hosts.update(slow.hosts)  # keeps inventory order: every host has its entry already
     return report
 
 
 def _run_pyinfra(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool, limit: Sequence[str],
-                 lock_timeout: float, plans: dict[str, HostPlan] | None = None, **flags: bool) -> Report:
+                 lock_timeout: float, plans: dict[str, HostPlan] | None = None,
+                 seen: dict[str, HostState] | None = None, **flags: bool) -> Report:
     from pyinfra.api.exceptions import PyinfraError
     from pyinfra.api.operation import add_op
     from pyinfra.api.operations import run_ops
@@ -309,7 +305,7 @@ def _run_pyinfra(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo
         if not s.active:
             return report
         results = add_op(state, converge, plans=s.plans, record=report.record, lock_timeout=lock_timeout,
-                         name="lamina: converge")
+                         seen=seen, name="lamina: converge")
         if apply:
             try:
                 run_ops(state)

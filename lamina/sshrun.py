@@ -61,6 +61,14 @@ def argv(name: str, data: Mapping[str, Any], sudo: bool, remote: str | None = No
     return [*cmd, "--", str(data.get("ssh_hostname") or name), *([remote] if remote else [])]
 
 
+_LIVE: dict[str, tuple[str, ...]] = {}  # host name -> options that reuse its open connection
+
+
+def reuse(name: str) -> tuple[str, ...]:
+    """ssh options that run a command on the host's open connection, if there is one."""
+    return _LIVE.get(name, ())
+
+
 class Connections:
     """One authenticated OpenSSH connection per host, opened at once and used later.
 
@@ -76,6 +84,7 @@ class Connections:
             master = argv(name, data, sudo, remote="", extra=self._control(name, n, "yes") + ("-N",))
             self.masters[name] = subprocess.Popen(master, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                                   stderr=subprocess.DEVNULL)
+            _LIVE[name] = self._control(name, n, "no")
 
     @classmethod
     def for_inventory(cls, inventory_path: str, limit, sudo: bool) -> Connections | None:
@@ -118,6 +127,8 @@ class Connections:
             return dict(zip(scripts, pool.map(one, scripts), strict=True))
 
     def close(self) -> None:
+        for name in self.masters:
+            _LIVE.pop(name, None)
         for master in self.masters.values():
             master.terminate()
         for master in self.masters.values():
