@@ -108,3 +108,22 @@ def test_shared_words_keep_commands_small():
     script = "\n".join([*assignments, "printf '%s\\n' " + " ".join(words)])
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.splitlines() == paths
+
+
+def test_a_corrupt_layer_never_reaches_the_host_in_full(tmp_path):
+    """The controller hashes a layer as it streams it and holds back the last chunk unless the
+    digest matches: the host then sees a short stream and stores nothing (ship.sh)."""
+    import hashlib
+
+    from lamina import channel
+
+    path = tmp_path / "layer.tar"
+    data = bytes(range(256)) * (3 * channel.CHUNK // 256 + 7)
+    path.write_bytes(data)
+    good = hashlib.sha256(data).hexdigest()
+    assert b"".join(channel.verified_chunks(str(path), good)) == data
+    sent = []
+    with pytest.raises(channel.Corrupt):
+        for chunk in channel.verified_chunks(str(path), "0" * 64):
+            sent.append(chunk)
+    assert 0 < len(b"".join(sent)) < len(data)
