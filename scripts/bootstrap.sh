@@ -6,7 +6,8 @@ set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 need_apt=()
-for pair in sshd:openssh-server ssh:openssh-client ip:iproute2 unshare:util-linux; do
+# openssl: hosts hash layers with it when they have it (the tests check both ways)
+for pair in sshd:openssh-server ssh:openssh-client ip:iproute2 unshare:util-linux openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need_apt+=("${pair#*:}")
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)

@@ -2,12 +2,21 @@
 set -eu
 fail() { printf 'lamina: %s\n' "$*" >&2; exit 1; }
 
+# sha256 of stdin, 64 hex digits: OpenSSL's when the host has a working one (it uses the
+# CPU's SHA instructions: 4x coreutils 9.1's sha256sum on 200 MiB here), else coreutils'.
+if [ "$(printf '' | openssl dgst -sha256 -r 2>/dev/null | cut -c1-64)" = \
+     e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 ]; then
+  sha256() { openssl dgst -sha256 -r | cut -c1-64; }
+else
+  sha256() { sha256sum | cut -c1-64; }
+fi
+
 # The seal of a layer directory: sha256 of the tar that this host's GNU tar writes for it,
 # sorted and without times other than mtime. Recomputed later, it proves the layer unchanged.
 seal() {
   tar -C "$1" --sort=name --numeric-owner --format=posix \
     --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
-    --xattrs --xattrs-include=trusted.overlay.opaque -cf - . | sha256sum | cut -c1-64
+    --xattrs --xattrs-include=trusted.overlay.opaque -cf - . | sha256
 }
 
 # link SD HEX: make sure a short link l/NAME -> ../layers/HEX/diff exists; print NAME.
