@@ -14,12 +14,10 @@ import reprlib
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import jinja2.sandbox
 import yaml
 from pydantic import ValidationError
 
@@ -89,31 +87,38 @@ def one_line(error: SpecError) -> SpecError:
 # --- render ---------------------------------------------------------------------------
 
 
-class _Sandbox(jinja2.sandbox.SandboxedEnvironment):
-    """Templates cannot reach Python internals (validate touches nothing), nor compute
-    numbers or strings that would never finish (`10 ** 10**10`, `'x' * 10**12`)."""
+@cache
+def _sandbox():
+    """A Jinja2 environment in which templates cannot reach Python internals (validate touches
+    nothing), nor compute numbers or strings that would never finish (`10 ** 10**10`,
+    `'x' * 10**12`). Jinja2 is imported only for specs that use it (~70 ms)."""
+    import jinja2.sandbox
 
-    intercepted_binops = frozenset({"*", "**"})
-    LIMIT = 10_000_000
+    class Sandbox(jinja2.sandbox.SandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
+        LIMIT = 10_000_000
 
-    def call_binop(self, context, operator, left, right):
-        if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1 \
-                and right * max(abs(left), 2).bit_length() > self.LIMIT:
-            raise jinja2.sandbox.SecurityError(f"{left} ** {right} is too big")
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > self.LIMIT:
-                    raise jinja2.sandbox.SecurityError(f"a sequence repeated {n} times is too long")
-        return super().call_binop(context, operator, left, right)
+        def call_binop(self, context, operator, left, right):
+            if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1 \
+                    and right * max(abs(left), 2).bit_length() > self.LIMIT:
+                raise jinja2.sandbox.SecurityError(f"{left} ** {right} is too big")
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > self.LIMIT:
+                        raise jinja2.sandbox.SecurityError(f"a sequence repeated {n} times is too long")
+            return super().call_binop(context, operator, left, right)
+
+    return Sandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
 
 
 def render(text: str, file: str, variables: Mapping[str, Any]) -> str:
     """Render Jinja2 in a spec file; plain YAML passes through untouched."""
     if "{{" not in text and "{%" not in text and "{#" not in text:
         return text
-    env = _Sandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    import jinja2
+
     try:
-        return env.from_string(text).render(**variables)
+        return _sandbox().from_string(text).render(**variables)
     except jinja2.TemplateSyntaxError as e:
         raise SpecInvalid([SpecError(file, e.lineno or 1, 1, f"template: {e.message}")]) from None
     except jinja2.TemplateError as e:

@@ -150,3 +150,17 @@ def test_host_sha256_is_the_same_with_or_without_openssl(tmp_path, with_openssl)
     out = subprocess.run([str(bin_dir / "sh"), "-c", f". {common}; sha256"], input=data, capture_output=True,
                          env={"PATH": str(bin_dir)}, check=True)
     assert out.stdout.decode().strip() == hashlib.sha256(data).hexdigest()
+
+
+def test_boot_templates_render_as_jinja2_renders_them():
+    """boot.render fills plain `{{ name }}` templates without importing Jinja2: same bytes."""
+    import jinja2
+
+    from lamina import boot
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(boot.TEMPLATES), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False)
+    values = {"commands": "mount -t overlay 'a b' \\\\ {{ x }}\nmkdir -p /x", "state_dir": "/var/lib/lamina",
+              "script": "/var/lib/lamina/boot.sh", "wanted_by": "multi-user.target"}
+    for name in ("boot.sh.j2", "lamina-mounts.service.j2"):
+        assert boot.render(name, **values) == env.get_template(name).render(**values)
