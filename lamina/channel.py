@@ -13,6 +13,9 @@ from __future__ import annotations
 import hashlib
 import shlex
 import subprocess
+import tempfile
+import threading
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -29,12 +32,24 @@ class Done:
     stderr: list[str]
 
 
+# Connector arguments that change how a command is run (other users, su, doas, passwords):
+# only pyinfra's own command building honours them, so such hosts take the file route.
+SPECIAL = ("_sudo_user", "_use_sudo_login", "_preserve_sudo_env", "_sudo_password", "_su_user", "_use_su_login",
+           "_preserve_su_env", "_su_shell", "_su_password", "_doas", "_doas_user", "_dzdo", "_dzdo_user")
+
+
 def wrap(command: str, sudo: bool) -> str:
     return f"sudo -H -n sh -c {shlex.quote(command)}" if sudo else command
 
 
-def run(host, command: str, data: Iterable[bytes], sudo: bool) -> Done:
-    """Run `command` on a pyinfra host with `data` as its stdin."""
+def run(host, command: str, data: Iterable[bytes], sudo: bool, connector_args: dict | None = None,
+        spool: str = "/tmp") -> Done:
+    """Run `command` on a pyinfra host with `data` as its stdin: through OpenSSH on the fast
+    read's connection when the host data allows, else on pyinfra's paramiko connection; for
+    other connectors and sudo/su variants, via a file uploaded into `spool` by pyinfra."""
+    args = dict(connector_args or {})
+    if getattr(host.connector, "client", None) is None or any(args.get(k) for k in SPECIAL):
+        return _via_file(host, command, data, spool, {**args, "_sudo": sudo or args.get("_sudo", False)})
     argv = sshrun.argv(host.name, host.data.dict(), sudo=False, remote=wrap(command, sudo),
                        extra=sshrun.reuse(host.name))
     if argv is not None and sshrun.available():
@@ -42,8 +57,23 @@ def run(host, command: str, data: Iterable[bytes], sudo: bool) -> Done:
     return _paramiko(host, wrap(command, sudo), data)
 
 
+def _reader(stream) -> tuple[threading.Thread, list[bytes]]:
+    """Read a stream to its end in the background: a remote side that writes a lot while we
+    are still sending must never block on a full pipe (nor we on its full stdin)."""
+    out: list[bytes] = []
+    thread = threading.Thread(target=lambda: out.append(stream.read()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _done(ok: bool, out: list[bytes], err: list[bytes]) -> Done:
+    text = lambda b: b"".join(b).decode(errors="replace").splitlines()  # noqa: E731
+    return Done(ok, text(out), text(err))
+
+
 def _openssh(argv: list[str], data: Iterable[bytes]) -> Done:
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    readers = [_reader(proc.stdout), _reader(proc.stderr)]
     try:
         for chunk in data:
             proc.stdin.write(chunk)
@@ -54,57 +84,77 @@ def _openssh(argv: list[str], data: Iterable[bytes]) -> Done:
         proc.wait()
         raise
     finally:
-        if proc.stdin and not proc.stdin.closed:
+        try:
             proc.stdin.close()
-    out, err = proc.communicate()
-    return Done(proc.returncode == 0, out.decode(errors="replace").splitlines(),
-                err.decode(errors="replace").splitlines())
+        except BrokenPipeError:
+            pass
+    for thread, _ in readers:
+        thread.join()
+    return _done(proc.wait() == 0, readers[0][1], readers[1][1])
 
 
 def _paramiko(host, command: str, data: Iterable[bytes]) -> Done:
     channel = host.connector.client.get_transport().open_session()
     try:  # an exception while sending closes the channel before EOF: the host stores nothing
         channel.exec_command(command)
+        readers = [_reader(channel.makefile("rb")), _reader(channel.makefile_stderr("rb"))]
         for chunk in data:
             channel.sendall(chunk)
         channel.shutdown_write()
-        out = channel.makefile("rb").read()
-        err = channel.makefile_stderr("rb").read()
+        for thread, _ in readers:
+            thread.join()
         status = channel.recv_exit_status()
     finally:
         channel.close()
-    return Done(status == 0, out.decode(errors="replace").splitlines(), err.decode(errors="replace").splitlines())
+    return _done(status == 0, readers[0][1], readers[1][1])
+
+
+def _via_file(host, command: str, data: Iterable[bytes], spool: str, args: dict) -> Done:
+    """The data as a file uploaded by pyinfra (any connector, any sudo settings), then the
+    command with that file as its stdin."""
+    remote = f"{spool}/lamina-stdin.{uuid.uuid4().hex}"
+    with tempfile.NamedTemporaryFile() as local:
+        for chunk in data:
+            local.write(chunk)
+        local.flush()
+        if not host.put_file(local.name, remote, print_output=False, **args):
+            return Done(False, [], [f"upload to {remote} failed"])
+    q = shlex.quote(remote)
+    ok, output = host.run_shell_command(f"sh -c {shlex.quote(command)} < {q}; rc=$?; rm -f -- {q}; exit $rc",
+                                        print_output=False, **args)
+    return Done(ok, output.stdout_lines, output.stderr_lines)
 
 
 class Corrupt(Exception):
     pass
 
 
-def verified_chunks(path: str, sha256: str) -> Iterable[bytes]:
+def verified_chunks(path: str, sha256: str, size: int | None = None) -> Iterable[bytes]:
     """The file's bytes, hashed on the way; the last chunk is held back until the whole
-    digest matches, so a corrupt file never reaches the host in full (Corrupt instead)."""
-    digest = hashlib.sha256()
+    digest (and size) matches, so a corrupt file never reaches the host in full (Corrupt instead)."""
+    digest, total = hashlib.sha256(), 0
     with open(path, "rb") as f:
         held = f.read(CHUNK)
         while held:
             digest.update(held)
+            total += len(held)
             chunk = f.read(CHUNK)
             if not chunk:
                 break
             yield held
             held = chunk
-    if digest.hexdigest() != sha256:
-        raise Corrupt(f"{path}: sha256 {digest.hexdigest()}, want {sha256}")
+    if digest.hexdigest() != sha256 or (size is not None and total != size):
+        raise Corrupt(f"{path}: sha256 {digest.hexdigest()} ({total} bytes), want {sha256} ({size} bytes)")
     if held:
         yield held
 
 
-def run_script(state, host, script: str, sudo: bool) -> bool:
+def run_script(state, host, script: str, sudo: bool, connector_args: dict | None = None) -> bool:
     """pyinfra FunctionCommand body: a (big) shell script through `sh -s`, failing the host
     with the script's own messages."""
     import logging
 
-    done = run(host, "sh -s", [script.encode()], sudo)
+    done = run(host, "sh -s", [script.encode()], sudo, connector_args)
     if not done.ok:
         lines = [x.strip() for x in done.stderr if x.strip()]
         host.lamina_failures = [*getattr(host, "lamina_failures", []), *lines]

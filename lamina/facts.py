@@ -174,7 +174,8 @@ def command(plan: HostPlan) -> str:
         f"echo {MARK}-stat; stat -L -c '%n\t%F\t%a\t%u\t%g' -- \"$@\" 2>/dev/null || :",
         f"echo {MARK}-files",
         # one process for every file: with two files or more, head names each (POSIX)
-        *([f"head -n 1 -- /dev/null {files} 2>/dev/null || :"] if files else []),
+        # (the echo ends a last line that has no newline of its own)
+        *([f"head -n 1 -- /dev/null {files} 2>/dev/null || :; echo"] if files else []),
         f"echo {MARK}-init; [ -d /run/systemd/system ] && echo systemd || echo none",
         *([f"echo {MARK}-blobs; for f in {' '.join(shlex.quote(b) for b in plan.blobs())}; do "
            "if [ -f \"$f\" ]; then printf '%s\\t%s\\n' \"$f\" \"$(sha256sum < \"$f\" | cut -c1-64)\"; fi; done"]
@@ -227,11 +228,11 @@ def parse(lines: Sequence[str]) -> HostState:
     files: dict[str, str] = {}
     current = None
     for line in sections.get("files", []):
-        if line.startswith("==> ") and line.endswith(" <=="):
+        if current is not None:  # the file's first line, whatever it looks like
+            files[current], current = line, None
+        elif line.startswith("==> ") and line.endswith(" <=="):
             current = line[4:-4]
             files[current] = ""
-        elif current is not None:  # the file's first line (the next header comes after a blank line)
-            files[current], current = line, None
     files.pop("/dev/null", None)
     links = {}
     for line in sections.get("links", []):

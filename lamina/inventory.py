@@ -29,11 +29,12 @@ def read(path: str) -> list[InventoryHost] | None:
     """The hosts of a pyinfra inventory in inventory order, or None when it needs pyinfra."""
     file = Path(path)
     if file.is_file():
-        if not path.endswith(".py") or (file.resolve().parent / "group_data").exists():
+        if not path.endswith(".py") or (file.parent.resolve() / "group_data").exists():  # where pyinfra looks
             return None
-        groups = _groups(file)
-        if groups is None:
+        found = _groups(file)
+        if found is None:
             return None
+        groups, listed = found
         hosts: dict[str, dict[str, Any]] = {}
         for members in groups:
             for member in members:
@@ -43,6 +44,8 @@ def read(path: str) -> list[InventoryHost] | None:
                 if data and hosts.get(name) and data != hosts[name]:
                     return None  # two different data for one host: let pyinfra merge them
                 hosts[name] = hosts.get(name) or data
+        if listed is not None:  # a group `all`: exactly its hosts, in its order (other groups give data)
+            hosts = {name: hosts[name] for name in listed}
     elif "," in path:
         hosts = {name: {} for name in path.split(",") if name}
     else:
@@ -54,7 +57,8 @@ def read(path: str) -> list[InventoryHost] | None:
     return [InventoryHost(name, data) for name, data in hosts.items()]
 
 
-def _groups(file: Path) -> list[list] | None:
+def _groups(file: Path) -> tuple[list[list], list[str] | None] | None:
+    """The inventory's groups (lists of hosts), and the names in its group `all` if it has one."""
     namespace: dict[str, Any] = {"__file__": str(file)}
     try:
         exec(compile(file.read_text(encoding="utf-8"), str(file), "exec"), namespace)
@@ -63,7 +67,6 @@ def _groups(file: Path) -> list[list] | None:
     except Exception:
         return None  # pyinfra's reader reports it, with its own context
     groups = []
-    # pyinfra orders hosts as the group `all` lists them, when there is one
     for key, value in sorted(namespace.items(), key=lambda kv: kv[0] != "all"):
         if key.startswith("_"):
             continue
@@ -75,4 +78,7 @@ def _groups(file: Path) -> list[list] | None:
             if not all(isinstance(m, str) or (len(m) == 2) for m in value):
                 return None
             groups.append(value)
-    return groups
+    listed = namespace.get("all")
+    if listed is not None and not (isinstance(listed, list) and listed in groups):
+        return None
+    return groups, None if listed is None else [m[0] if isinstance(m, tuple) else m for m in listed]

@@ -87,7 +87,8 @@ def materialize(state, host, plan: HostPlan, todo: list[Materialize], names: Map
             names.update(parse_layers(run(command("relink", sd, *relinks))))
         sudo = bool(connector_args.get("_sudo")) or state.config.SUDO
         for ref in (m.ref for m in todo if m.action == "ship"):
-            names.update(parse_layers(ship(host, sd, ref.digest, ref.layer, sudo, label=ref.label)))
+            names.update(parse_layers(ship(host, sd, ref.digest, ref.layer, sudo, label=ref.label,
+                                           connector_args=connector_args)))
         for step in todo:
             ref = step.ref
             if step.action == "build":
@@ -103,13 +104,15 @@ def materialize(state, host, plan: HostPlan, todo: list[Materialize], names: Map
     return True
 
 
-def ship(host, state_dir: str, hex_: str, layer, sudo: bool, label: str = "") -> list[str]:
+def ship(host, state_dir: str, hex_: str, layer, sudo: bool, label: str = "",
+         connector_args: dict | None = None) -> list[str]:
     """Stream one layer tar into the host's store (digest checked on the way); its output lines."""
     from .channel import Corrupt, run, verified_chunks
 
     try:
-        done = run(host, command("ship", state_dir, hex_, str(layer.size)), verified_chunks(str(layer.path),
-                                                                                          layer.sha256), sudo)
+        done = run(host, command("ship", state_dir, hex_, str(layer.size)),
+                   verified_chunks(str(layer.path), layer.sha256, layer.size), sudo, connector_args,
+                   spool=f"{state_dir}/staging")
     except Corrupt as e:
         raise Failed(f"{label or hex_[:12]}: the controller's cached layer is corrupt ({e}); delete it and"
                      " run again to rebuild it") from None

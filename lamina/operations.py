@@ -33,6 +33,10 @@ class LaminaState(FactBase):
         return facts.parse(output)
 
 
+def _connector_args() -> dict:
+    return {k: v for k, v in (host.current_op_global_arguments or {}).items() if k in CONNECTOR_ARGUMENT_KEYS}
+
+
 def _sudo() -> bool:
     return bool((host.current_op_global_arguments or {}).get("_sudo")) or host.state.config.SUDO
 
@@ -66,9 +70,8 @@ def converge(plans: Mapping[str, HostPlan], record: Recorder | None = None,
         return
     if result.materialize:
         view = diffing.Host(plan, actual)
-        args = {k: v for k, v in (host.current_op_global_arguments or {}).items() if k in CONNECTOR_ARGUMENT_KEYS}
         yield FunctionCommand(materialize, (plan, result.materialize, view.names,
-                                            known(view, plan.layers.values()), args), {})
+                                            known(view, plan.layers.values()), _connector_args()), {})
         # the layers are there now: compare again to mount what waited for them
         replaced = frozenset(m.digest for m in result.materialize if m.damaged)
         first = result
@@ -87,7 +90,7 @@ def converge(plans: Mapping[str, HostPlan], record: Recorder | None = None,
     if result.changes:
         script = diffing.script(result)
         if len(script) > channel.BIG:  # over Linux's limit for one argument: send it on stdin
-            yield FunctionCommand(channel.run_script, (script, _sudo()), {})
+            yield FunctionCommand(channel.run_script, (script, _sudo(), _connector_args()), {})
         else:
             yield StringCommand(script)
     elif not result.materialize:

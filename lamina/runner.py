@@ -254,8 +254,12 @@ def _quick(connections, specs: Sequence[str], *, apply: bool,
         if not out.ok:
             rest[name] = plans[name]
             continue
-        actual = facts.parse(out.stdout.splitlines())
-        result = diff(plans[name], actual)
+        try:
+            actual = facts.parse(out.stdout.splitlines())
+            result = diff(plans[name], actual)
+        except Exception:  # output pyinfra's path may read differently: let it try, and explain
+            rest[name] = plans[name]
+            continue
         if apply and (result.changes or result.errors or result.materialize):
             rest[name], seen[name] = plans[name], actual
             continue
@@ -288,6 +292,9 @@ def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = 
             slow = _run_pyinfra(inventory_path, specs, apply=apply, sudo=sudo, limit=list(rest), plans=rest,
                                 seen=seen, lock_timeout=lock_timeout, **flags)
             report.hosts.update(slow.hosts)  # keeps inventory order: every host has its entry already
+            for name in rest:
+                if report.hosts[name].result is None and report.hosts[name].error is None:
+                    report.fail(name, "pyinfra did not run lamina's operation on this host")
     return report
 
 

@@ -38,8 +38,13 @@ def available() -> bool:
     return shutil.which("ssh") is not None
 
 
+STRICT = frozenset({"yes", "no", "off", "ask", "accept-new"})  # what OpenSSH takes and pyinfra passes on
+
+
 def supports(data: Mapping[str, Any]) -> bool:
     """Whether OpenSSH with `argv`'s options connects as pyinfra would with this host data."""
+    if data.get("ssh_strict_host_key_checking", "accept-new") not in STRICT:
+        return False  # e.g. a bool: let pyinfra judge it (OpenSSH would read False as "off")
     return not any((k.startswith("ssh_") and k not in SSH_KEYS) or k.startswith("_") for k in data)
 
 
@@ -50,6 +55,7 @@ def argv(name: str, data: Mapping[str, Any], sudo: bool, remote: str | None = No
     if not supports(data):
         return None
     cmd = ["ssh", "-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
+           "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3",
            "-o", f"StrictHostKeyChecking={data.get('ssh_strict_host_key_checking', 'accept-new')}", *extra]
     for key, flag in (("ssh_config_file", "-F"), ("ssh_port", "-p"), ("ssh_user", "-l"), ("ssh_key", "-i")):
         if data.get(key) is not None:
@@ -116,7 +122,8 @@ class Connections:
             self._ready(name, index[name])
             command = argv(name, self.hosts[name], self.sudo, extra=self._control(name, index[name], "no"))
             try:
-                done = subprocess.run(command, input=scripts[name], capture_output=True, text=True, timeout=timeout)
+                done = subprocess.run(command, input=scripts[name], capture_output=True, text=True, timeout=timeout,
+                                      errors="surrogateescape")  # mount points need not be UTF-8
             except (OSError, subprocess.TimeoutExpired) as e:
                 return Outcome(False, "", str(e))
             return Outcome(done.returncode == 0, done.stdout, done.stderr)

@@ -49,9 +49,22 @@ def test_reader_matches_pyinfra_on_the_common_shapes(tmp_path):
     'lab = ["@local"]',  # a connector
     'lab = [("a", {"ssh_port": 1})]\nother = [("a", {"ssh_port": 2})]',  # two data for one host
     'raise ValueError("boom")',  # pyinfra reports errors its own way
+    'lab = [("a", {"ssh_strict_host_key_checking": False})]',  # OpenSSH would read False as "off"
 ])
 def test_reader_steps_aside_for_what_only_pyinfra_handles(tmp_path, text):
     assert inventory.read(_inv(tmp_path, text)) is None
+
+
+def test_a_group_all_lists_exactly_the_hosts(tmp_path):
+    path = _inv(tmp_path, """
+        all = ["b", "a"]
+        web = [("a", {"ssh_port": 2}), "c"]
+        """)
+    found = inventory.read(path)
+    from lamina.runner import load_inventory
+
+    assert [h.name for h in found] == [h.name for h in load_inventory(path)] == ["b", "a"]
+    assert found[1].data == {"ssh_port": 2}
 
 
 def test_reader_steps_aside_for_group_data_and_reads_host_lists(tmp_path):
@@ -85,10 +98,13 @@ def test_fact_command_reads_a_real_tree(tmp_path):
     (base / "link").symlink_to(base / "sub dir")
     (base / "labels.json").write_text('{"a": "b"}\n')
     (base / "empty").write_text("")
+    (base / "tricky").write_text("==> not a header <==\nsecond line\n")
+    (base / "last").write_text("no newline at the end")
     names = ["sub dir", "link", "missing", "$(touch pwned)", "x\\y"]
     paths = [str(base / n) for n in names]
     item = Item("volume", "v", dirs=tuple(Dir(p) for p in paths),
-                files=((str(base / "labels.json"), "x"), (str(base / "empty"), ""), (str(base / "nope"), "")))
+                files=((str(base / "labels.json"), "x"), (str(base / "empty"), ""), (str(base / "nope"), ""),
+                       (str(base / "tricky"), ""), (str(base / "last"), "")))
     plan = HostPlan(str(tmp_path / "state"), (item,), boot=False)
     out = subprocess.run(["sh", "-c", facts.command(plan)], capture_output=True, text=True, check=True)
     state = facts.parse(out.stdout.splitlines())
@@ -96,7 +112,9 @@ def test_fact_command_reads_a_real_tree(tmp_path):
     assert state.paths[str(base / "link")].resolved == str(base / "sub dir")
     assert state.paths[str(base / "sub dir")].exists and not state.paths[str(base / "missing")].exists
     assert set(state.paths) >= set(paths)
-    assert state.files == {str(base / "labels.json"): '{"a": "b"}', str(base / "empty"): ""}
+    assert state.files == {str(base / "labels.json"): '{"a": "b"}', str(base / "empty"): "",
+                           str(base / "tricky"): "==> not a header <==", str(base / "last"): "no newline at the end"}
+    assert state.init in ("systemd", "none")
     assert state.util_linux and state.mounts
 
 
