@@ -120,6 +120,8 @@ class Connections:
 
         def one(name: str) -> Outcome:
             self._ready(name, index[name])
+            if self.masters[name].poll() is not None:  # it could not connect: don't wait a timeout again
+                return Outcome(False, "", "no connection")
             command = argv(name, self.hosts[name], self.sudo, extra=self._control(name, index[name], "no"))
             try:
                 done = subprocess.run(command, input=scripts[name], capture_output=True, text=True, timeout=timeout,

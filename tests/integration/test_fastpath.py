@@ -76,3 +76,19 @@ def test_a_spec_over_the_command_line_limit_converges(hosts, tmp_path):  # noqa:
     again = lamina("apply", "-i", str(lab.inventory), "--limit", host, str(spec)).stdout.splitlines()
     assert again == [f"{host}: 0 changed, 150 unchanged"]
     assert lab.exec_requests(host, marks[host]) == ["command"]
+
+
+def test_an_unreachable_host_fails_alone_on_the_fast_read(hosts, tmp_path):  # noqa: F811
+    """A host the fast read cannot connect to goes to pyinfra, which reports it; the others converge."""
+    import re
+    import time
+
+    lab = hosts
+    inventory = tmp_path / "inv.py"
+    inventory.write_text(f"exec(open({str(lab.inventory)!r}).read())\n"
+                         "lab = lab + [('ghost', dict(lab[0][1], ssh_hostname='10.231.0.250'))]\n")
+    start = time.monotonic()
+    out = lamina("apply", "-i", str(inventory), check=1)
+    assert re.search(r"^ghost: FAILED: .+", out.stdout, re.M), out.stdout
+    assert all(re.search(rf"^{h}: \d+ changed, 0 unchanged$", out.stdout, re.M) for h in lab.hosts), out.stdout
+    assert time.monotonic() - start < 60
