@@ -52,11 +52,12 @@ def converge(plans: Mapping[str, HostPlan], record: Recorder | None = None,
         return
     seen_here = (seen or {}).get(host.name)
     if seen_here is not None and host.state.is_executing:
-        actual, result = None, None  # known to differ: straight to the lock
+        act = True  # known to differ: straight to the lock
     else:
         actual = seen_here or host.get_fact(LaminaState, plan=plan)
         result = diffing.diff(plan, actual)
-    if result is None or ((result.changes or result.errors) and host.state.is_executing):
+        act = bool(result.changes or result.errors) and host.state.is_executing
+    if act:
         # About to act: hold the host's lock, then look again — another run may have
         # changed the host while we waited.
         yield FunctionCommand(lock.acquire, (lock_timeout, _sudo()), {})

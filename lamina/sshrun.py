@@ -87,10 +87,10 @@ class Connections:
         self.hosts, self.sudo = dict(hosts), sudo
         self.masters = {}
         for n, (name, data) in enumerate(self.hosts.items()):
-            master = argv(name, data, sudo, remote="", extra=self._control(name, n, "yes") + ("-N",))
+            master = argv(name, data, sudo, remote="", extra=self._control(n, "yes") + ("-N",))
             self.masters[name] = subprocess.Popen(master, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                                   stderr=subprocess.DEVNULL)
-            _LIVE[name] = self._control(name, n, "no")
+            _LIVE[name] = self._control(n, "no")
 
     @classmethod
     def for_inventory(cls, inventory_path: str, limit, sudo: bool) -> Connections | None:
@@ -104,7 +104,7 @@ class Connections:
         hosts = {h.name: h.data for h in found or () if not limit or h.name in limit}
         return cls(hosts, sudo) if hosts else None
 
-    def _control(self, name: str, n: int, master: str) -> tuple[str, ...]:
+    def _control(self, n: int, master: str) -> tuple[str, ...]:
         return ("-o", f"ControlPath={self.dir}/{n}", "-o", f"ControlMaster={master}", "-o", "ControlPersist=no")
 
     def _ready(self, name: str, n: int) -> None:
@@ -122,7 +122,7 @@ class Connections:
             self._ready(name, index[name])
             if self.masters[name].poll() is not None:  # it could not connect: don't wait a timeout again
                 return Outcome(False, "", "no connection")
-            command = argv(name, self.hosts[name], self.sudo, extra=self._control(name, index[name], "no"))
+            command = argv(name, self.hosts[name], self.sudo, extra=self._control(index[name], "no"))
             try:
                 done = subprocess.run(command, input=scripts[name], capture_output=True, text=True, timeout=timeout,
                                       errors="surrogateescape")  # mount points need not be UTF-8

@@ -85,6 +85,15 @@ def _machine_problem() -> str | None:
     return None
 
 
+def _restore_env(saved: dict[str, str | None]) -> None:
+    """Put environment variables back as they were (None: unset)."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def lab():
     # Fail, never skip: a missing prerequisite must not look like a green run.
@@ -114,11 +123,7 @@ def lab():
         try:
             labmod.down()
         finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            _restore_env(saved)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,11 +210,7 @@ class SystemdLab(Lab):
             try:
                 yield
             finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+                _restore_env(saved)
 
         return patched()
 
