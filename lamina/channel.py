@@ -53,7 +53,7 @@ def run(host, command: str, data: Iterable[bytes], sudo: bool, connector_args: d
     argv = sshrun.argv(host.name, host.data.dict(), sudo=False, remote=wrap(command, sudo),
                        extra=sshrun.reuse(host.name))
     if argv is not None and sshrun.available():
-        return _openssh(argv, data)
+        return openssh(argv, data)
     return _paramiko(host, wrap(command, sudo), data)
 
 
@@ -71,7 +71,7 @@ def _done(ok: bool, out: list[bytes], err: list[bytes]) -> Done:
     return Done(ok, text(out), text(err))
 
 
-def _openssh(argv: list[str], data: Iterable[bytes]) -> Done:
+def openssh(argv: list[str], data: Iterable[bytes]) -> Done:
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     readers = [_reader(proc.stdout), _reader(proc.stderr)]
     try:
@@ -147,17 +147,3 @@ def verified_chunks(path: str, sha256: str, size: int | None = None) -> Iterable
         raise Corrupt(f"{path}: sha256 {digest.hexdigest()} ({total} bytes), want {sha256} ({size} bytes)")
     if held:
         yield held
-
-
-def run_script(state, host, script: str, sudo: bool, connector_args: dict | None = None) -> bool:
-    """pyinfra FunctionCommand body: a (big) shell script through `sh -s`, failing the host
-    with the script's own messages."""
-    import logging
-
-    done = run(host, "sh -s", [script.encode()], sudo, connector_args)
-    if not done.ok:
-        lines = [x.strip() for x in done.stderr if x.strip()]
-        host.lamina_failures = [*getattr(host, "lamina_failures", []), *lines]
-        for line in lines or ["the script failed"]:
-            host.log(line, log_func=logging.getLogger("pyinfra").error)
-    return done.ok

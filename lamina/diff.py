@@ -17,9 +17,9 @@ import posixpath
 import shlex
 from dataclasses import dataclass, field
 
+from . import MAX_MOUNT_DATA
 from .facts import HostState, MountEntry
 from .images import LayerRef
-from .loader import MAX_MOUNT_DATA
 from .lock import BUSY
 from .plan import Dir, HostPlan, Item, MountWant, depth
 

@@ -16,13 +16,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import SpecInvalid
-from .loader import ARCHIVE_SOURCES, LoadedSpec, Loc, dotted
 
-if TYPE_CHECKING:
-    from . import tarball
+if TYPE_CHECKING:  # planning needs the loader; reading a cached plan does not (planstore.py)
+    from .loader import LoadedSpec, Loc
 
 MAX_LAYERS = 500  # overlayfs's lower stack limit (OVL_MAX_STACK)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer built on the controller (lamina/tarball.py), ready to ship."""
+
+    diff_id: str  # "sha256:<hex>" of the uncompressed layer tar in OCI/Docker form (Docker's DiffID)
+    path: Path  # the same layer as a tar in overlay form, in the cache dir, ready to ship
+    sha256: str  # hex sha256 of the file at `path` (the host checks it while extracting)
+    size: int  # bytes of the file at `path`
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,7 @@ class LayerRef:
     key: str  # hex; identifies the layer and everything below it
     source: str  # where the spec made it: "images.app.steps[1]"
     digest: str | None = None  # hex DiffID of a layer built here; None for run steps
-    layer: tarball.Layer | None = None
+    layer: Layer | None = None
     run: RunStep | None = None
     below: tuple[str, ...] = field(default=())  # keys of the layers under this one, lowest first
 
@@ -77,7 +86,10 @@ def local_path(loaded: LoadedSpec, loc: Loc, src: str) -> Path:
     dir — and then it must stay inside that dir, symlinks resolved (Docker's build context)."""
     if Path(src).is_absolute():
         return Path(src)
+    from . import planstore
+
     base = files_dir(loaded, loc)
+    planstore.note(base / "files" / src)  # where it is found may change
     root = base / "files" if (base / "files" / src).exists() else base
     path = root / src
     if not path.resolve().is_relative_to(root.resolve()):
@@ -88,6 +100,7 @@ def local_path(loaded: LoadedSpec, loc: Loc, src: str) -> Path:
 def resolve(loaded: LoadedSpec) -> dict[str, ImagePlan]:
     """Every image of the spec with its layers; builds copy/add/import layers into the cache."""
     from . import tarball
+    from .loader import ARCHIVE_SOURCES, dotted
 
     spec, done, errors = loaded.spec, {}, []
 
@@ -156,7 +169,7 @@ def resolve(loaded: LoadedSpec) -> dict[str, ImagePlan]:
     return done
 
 
-def _built(below: list[LayerRef], built: tarball.Layer, source: str) -> LayerRef:
+def _built(below: list[LayerRef], built: Layer, source: str) -> LayerRef:
     key = _chain(below[-1].key if below else "", built.diff_id)
     return LayerRef(key, source, digest=built.diff_id.removeprefix("sha256:"), layer=built,
                     below=tuple(x.key for x in below))

@@ -127,7 +127,8 @@ def commit(inventory: str, specs: Sequence[str], name: str, image: str, *, sudo:
     """The container's writable layer becomes a layer of its own; IMAGE = its image + that
     layer, stored as an OCI archive on the controller (`from: lamina:IMAGE`), and the new
     layer is put into the host's store at once. The container stays mounted on its upper."""
-    from .materialize import Failed, command, ship
+    from .materialize import command, ship
+    from .remote import Failed, PyinfraHost
 
     if not NAME_RE.match(image):
         raise LaminaError(f"invalid image name {image!r}")
@@ -147,7 +148,7 @@ def commit(inventory: str, specs: Sequence[str], name: str, image: str, *, sudo:
         if hex_ not in s.fact(host).layers:  # ship it back in normalized form, as any layer
             s.run(host, command("clean", sd))
             try:
-                ship(host, sd, hex_, layer, s.state.config.SUDO)
+                ship(PyinfraHost(s.state, host, {}), sd, hex_, layer)
             except Failed as e:
                 raise LaminaError(f"{host.name}: {e}") from None
         return Committed(host.name, image, image_id, layer, archive)

@@ -21,12 +21,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from . import MAX_MOUNT_DATA  # noqa: F401  (re-exported)
 from .errors import SpecError, SpecInvalid
 from .spec import Overlay, Spec
-
-# Overlay mount data longer than a page is cut by the kernel without an error
-# (DESIGN §3); stay clear of it, counting the other options too.
-MAX_MOUNT_DATA = 4000
 
 Loc = tuple[str | int, ...]
 Mark = tuple[int, int]  # 1-based line and column
@@ -242,6 +239,9 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, doc: Document, ac
 
 
 def read_text(path: Path) -> str:
+    from . import planstore
+
+    planstore.note(path)
     try:
         raw = path.read_bytes()
     except OSError as e:

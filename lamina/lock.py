@@ -47,34 +47,15 @@ def holder() -> str:
             f"since {time.strftime('%Y-%m-%d %H:%M:%S')}")
 
 
-class LockBusy(Exception):
-    pass
+def command(timeout: float, sudo: bool) -> str:
+    """The remote command that takes the lock: it prints `locked`, then holds the lock
+    until its stdin closes (the connection going away closes it too)."""
+    cmd = " ".join(["sh", "-c", shlex.quote(SCRIPT), "lamina-lock",
+                    *map(shlex.quote, (LOCK_DIR, str(int(timeout)), holder()))])
+    return f"sudo -n -H {cmd}" if sudo else cmd
 
 
-def acquire(state, host, timeout: float, sudo: bool) -> bool:
-    """pyinfra FunctionCommand body: take the host's lock, waiting up to `timeout` seconds.
-    The channel that holds it is kept on the host object until the connection closes."""
-    if getattr(host, "lamina_lock", None) is not None:
-        return True
-    client = getattr(host.connector, "client", None)
-    if client is None:  # not an SSH host (e.g. @local): nothing to hold the lock open with
-        return True
-    command = " ".join(["sh", "-c", shlex.quote(SCRIPT), "lamina-lock",
-                        *map(shlex.quote, (LOCK_DIR, str(int(timeout)), holder()))])
-    if sudo:
-        command = f"sudo -n -H {command}"
-    channel = client.get_transport().open_session()
-    channel.exec_command(command)
-    reply = channel.makefile("r").readline().strip()
-    if reply != "locked":
-        channel.close()
-        detail = reply.removeprefix("busy ") if reply.startswith("busy ") else \
-            (channel.makefile_stderr("r").read().decode(errors="replace").strip() or "no answer")
-        message = f"locked by {detail}; gave up after {int(timeout)} s (--lock-timeout)"
-        host.lamina_failures = [*getattr(host, "lamina_failures", []), message]
-        import logging
-
-        host.log(f"lamina: {message}", log_func=logging.getLogger("pyinfra").error)
-        return False
-    host.lamina_lock = channel
-    return True
+def busy(reply: str, stderr: str, timeout: float) -> str:
+    """The user's message when the lock was not taken."""
+    detail = reply.removeprefix("busy ") if reply.startswith("busy ") else (stderr.strip() or "no answer")
+    return f"locked by {detail}; gave up after {int(timeout)} s (--lock-timeout)"

@@ -1,6 +1,6 @@
 """Putting layers on a host: ship the ones built on the controller, build run steps on
-the host, and recreate lost short links. Runs inside the converge operation (as a
-pyinfra FunctionCommand) before the mounts, which need the layers.
+the host, and recreate lost short links. Part of a converge (lamina/converge.py),
+before the mounts, which need the layers.
 
 Each host-side step is a script from `lamina/sh/` (POSIX sh, coreutils, util-linux,
 GNU tar). A layer is unpacked or built in `<state_dir>/staging` and renamed into
@@ -9,7 +9,6 @@ GNU tar). A layer is unpacked or built in `<state_dir>/staging` and renamed into
 
 from __future__ import annotations
 
-import logging
 import shlex
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -18,6 +17,7 @@ from pathlib import Path
 from .diff import Host, Materialize
 from .images import DEFAULT_PATH, LayerRef
 from .plan import HostPlan
+from .remote import Failed, Remote, message
 
 SCRIPTS = Path(__file__).with_name("sh")
 
@@ -56,69 +56,53 @@ def parse_layers(lines: Iterable[str]) -> dict[str, str]:
     return out
 
 
-class Failed(Exception):
-    pass
-
-
-def materialize(state, host, plan: HostPlan, todo: list[Materialize], names: Mapping[str, str],
-                digests: Mapping[str, str], connector_args: dict) -> bool:
-    """pyinfra FunctionCommand body: do every step of `todo` in order, on this host."""
+def materialize(remote: Remote, plan: HostPlan, todo: list[Materialize], names: Mapping[str, str],
+                digests: Mapping[str, str]) -> None:
+    """Do every step of `todo` in order, on this host; Failed says which went wrong."""
     sd = plan.state_dir
     names, digests = dict(names), dict(digests)  # digest → short link; run key → digest
 
     def run(cmd: str) -> list[str]:
-        ok, output = host.run_shell_command(cmd, print_output=False, **connector_args)
-        if not ok:
-            message = "; ".join(line.strip() for line in output.stderr_lines if line.strip())
-            raise Failed(message or f"failed: {cmd[:80]}")
-        return output.stdout_lines
+        done = remote.run(cmd)
+        if not done.ok:
+            raise Failed(message(done, f"failed: {cmd[:80]}"))
+        return done.stdout
 
-    try:
-        free = run(command("clean", sd))  # leftovers of an interrupted run go first; free space
-        need = sum(m.ref.layer.size for m in todo if m.action == "ship")  # streamed: only the unpacked copy
-        have = _available(free)
-        if have is not None and need > have:
-            raise Failed(f"not enough space in {sd}: {need >> 20} MiB needed to ship layers, {have >> 20} MiB free")
-        damaged = [m.digest for m in todo if m.damaged]
-        if damaged:
-            run(command("quarantine", sd, *damaged))
-        relinks = [m.digest for m in todo if m.action == "relink"]
-        if relinks:
-            names.update(parse_layers(run(command("relink", sd, *relinks))))
-        sudo = bool(connector_args.get("_sudo")) or state.config.SUDO
-        for ref in (m.ref for m in todo if m.action == "ship"):
-            names.update(parse_layers(ship(host, sd, ref.digest, ref.layer, sudo, label=ref.label,
-                                           connector_args=connector_args)))
-        for step in todo:
-            ref = step.ref
-            if step.action == "build":
-                below = [plan.layers[k] for k in ref.below]
-                lowers = [names[ref_digest(b, digests)] for b in reversed(below)]
-                built = parse_layers(run(command("run", sd, *run_args(ref, lowers))))
-                names.update(built)
-                digests[ref.key] = next(iter(built))
-    except Failed as e:
-        host.log(f"lamina: {e}", log_func=logging.getLogger("pyinfra").error)
-        host.lamina_failures = [*getattr(host, "lamina_failures", []), str(e)]  # for lamina's report
-        return False
-    return True
+    free = run(command("clean", sd))  # leftovers of an interrupted run go first; free space
+    need = sum(m.ref.layer.size for m in todo if m.action == "ship")  # streamed: only the unpacked copy
+    have = _available(free)
+    if have is not None and need > have:
+        raise Failed(f"not enough space in {sd}: {need >> 20} MiB needed to ship layers, {have >> 20} MiB free")
+    damaged = [m.digest for m in todo if m.damaged]
+    if damaged:
+        run(command("quarantine", sd, *damaged))
+    relinks = [m.digest for m in todo if m.action == "relink"]
+    if relinks:
+        names.update(parse_layers(run(command("relink", sd, *relinks))))
+    for ref in (m.ref for m in todo if m.action == "ship"):
+        names.update(parse_layers(ship(remote, sd, ref.digest, ref.layer, label=ref.label)))
+    for step in todo:
+        ref = step.ref
+        if step.action == "build":
+            below = [plan.layers[k] for k in ref.below]
+            lowers = [names[ref_digest(b, digests)] for b in reversed(below)]
+            built = parse_layers(run(command("run", sd, *run_args(ref, lowers))))
+            names.update(built)
+            digests[ref.key] = next(iter(built))
 
 
-def ship(host, state_dir: str, hex_: str, layer, sudo: bool, label: str = "",
-         connector_args: dict | None = None) -> list[str]:
+def ship(remote: Remote, state_dir: str, hex_: str, layer, label: str = "") -> list[str]:
     """Stream one layer tar into the host's store (digest checked on the way); its output lines."""
-    from .channel import Corrupt, run, verified_chunks
+    from .channel import Corrupt, verified_chunks
 
     try:
-        done = run(host, command("ship", state_dir, hex_, str(layer.size)),
-                   verified_chunks(str(layer.path), layer.sha256, layer.size), sudo, connector_args,
-                   spool=f"{state_dir}/staging")
+        done = remote.stream(command("ship", state_dir, hex_, str(layer.size)),
+                             verified_chunks(str(layer.path), layer.sha256, layer.size), spool=f"{state_dir}/staging")
     except Corrupt as e:
         raise Failed(f"{label or hex_[:12]}: the controller's cached layer is corrupt ({e}); delete it and"
                      " run again to rebuild it") from None
     if not done.ok:
-        message = "; ".join(x.strip().removeprefix("lamina: ") for x in done.stderr if x.strip())
-        raise Failed(f"{label or hex_[:12]}: shipping failed: {message or 'no message'}")
+        raise Failed(f"{label or hex_[:12]}: shipping failed: {message(done, 'no message')}")
     return done.stdout
 
 

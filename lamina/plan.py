@@ -12,10 +12,12 @@ import json
 import posixpath
 from dataclasses import dataclass, field
 from functools import cache
+from typing import TYPE_CHECKING
 
 from .images import ImagePlan, LayerRef
-from .loader import container_target
-from .spec import Spec
+
+if TYPE_CHECKING:  # a cached plan is read without the spec machinery (planstore.py)
+    from .spec import Spec
 
 STATE_MODE = 0o700  # state dirs are root-only
 DATA_MODE = 0o755  # a volume's _data is what containers see, like Docker's
@@ -179,6 +181,8 @@ def depth(path: str) -> int:
 def plan(spec: Spec, images: dict[str, ImagePlan] | None = None) -> HostPlan:
     """The host state a spec asks for. `images`: the spec's images resolved on the
     controller (images.resolve); needed when the spec has images."""
+    from .loader import container_target
+
     sd = spec.state_dir
     images = images or {}
     state_dirs = (Dir(sd, STATE_MODE), Dir(posixpath.join(sd, "volumes"), STATE_MODE))

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import images, loader
+from . import images
 from .diff import Result
-from .errors import LaminaError, SpecInvalid
+from .errors import LaminaError, SpecError, SpecInvalid
 from .facts import HostState
 from .plan import HostPlan, plan
 
@@ -48,6 +48,8 @@ def host_plan(name: str, data: dict[str, Any], specs: Sequence[str | Path] | Non
     paths = list(specs) if specs else role_specs(data.get("lamina_roles", []), roles_dir)
     if not paths:
         raise LaminaError(f"{name}: no spec given and no lamina_roles in its inventory data")
+    from . import loader  # YAML, pydantic: only when planning (a stored plan skips them)
+
     loaded = loader.load(paths, host_variables(name, data))
     return plan(loaded.spec, images.resolve(loaded) if loaded.spec.images else {})
 
@@ -60,7 +62,7 @@ def load_inventory(path: str):
     from pyinfra_cli.inventory import make_inventory
 
     if (path.endswith(".py") or "/" in path) and not Path(path).is_file():
-        raise SpecInvalid([loader.SpecError(path, 1, 1, "inventory file not found")])
+        raise SpecInvalid([SpecError(path, 1, 1, "inventory file not found")])
     ctx_state.set(State())  # pyinfra executes inventory files inside a state context
     try:
         inventory = make_inventory(path)
@@ -71,7 +73,7 @@ def load_inventory(path: str):
     except Exception as e:
         raise LaminaError(f"inventory {path}: {type(e).__name__}: {e}") from None
     if not len(inventory):
-        raise SpecInvalid([loader.SpecError(path, 1, 1, "the inventory has no hosts (a file that does not"
+        raise SpecInvalid([SpecError(path, 1, 1, "the inventory has no hosts (a file that does not"
                                             " exist, or a host name that does not resolve?)")])
     return inventory
 
@@ -175,13 +177,25 @@ class Session:
 
 def _plans(hosts: Sequence[tuple[str, dict[str, Any]]], specs: Sequence[str], state_dir: str | None,
            **flags: bool) -> dict[str, HostPlan]:
-    """Every host's plan, or SpecInvalid with every error of every host (before any connection)."""
+    """Every host's plan, or SpecInvalid with every error of every host (before any connection).
+    A re-run of unchanged specs on unchanged inventory data reads the plans it stored (planstore)."""
+    from . import planstore
+
+    if state_dir is not None:  # commands that need no spec, only the state dir
+        return {name: HostPlan(state_dir, ()) for name, _ in hosts}
+    key = planstore.key(list(hosts), list(specs), flags)
+    plans = planstore.load(key)
+    if plans is None:
+        with planstore.recording() as inputs:
+            plans = _plan_all(hosts, specs, **flags)
+        planstore.save(key, plans, inputs)
+    return plans
+
+
+def _plan_all(hosts: Sequence[tuple[str, dict[str, Any]]], specs: Sequence[str], **flags: bool) -> dict[str, HostPlan]:
     plans: dict[str, HostPlan] = {}
     errors = []
     for name, data in hosts:
-        if state_dir is not None:  # commands that need no spec, only the state dir
-            plans[name] = HostPlan(state_dir, ())
-            continue
         try:
             plans[name] = replace(host_plan(name, data, specs), **flags)
         except SpecInvalid as e:
@@ -237,18 +251,18 @@ def session(inventory_path: str, specs: Sequence[str], *, sudo: bool = False, li
 
 
 def _quick(connections, specs: Sequence[str], *, apply: bool,
-           **flags: bool) -> tuple[Report, dict[str, HostPlan], dict[str, HostState]]:
+           **flags: bool) -> tuple[Report, dict[str, HostPlan], dict[str, HostPlan]]:
     """The fast read: every host's facts through one `sh -s` on its OpenSSH connection, no
-    pyinfra. Returns the report of the hosts that are done (in sync, or only planning), and
-    the plans and states of those that need pyinfra (changes to apply, or the read failed:
-    pyinfra retries and explains)."""
+    pyinfra. Returns the report of the hosts that are done (in sync, or only planning), the
+    plans of those with changes to apply, and the plans of those whose read failed (pyinfra
+    retries and explains)."""
     from . import facts
     from .diff import diff
 
     chosen = list(connections.hosts)
     plans = _plans([(n, connections.hosts[n]) for n in chosen], specs, None, **flags)  # while they connect
     outcomes = connections.run_all({n: facts.command(plans[n]) for n in chosen})
-    report, rest, seen = Report({n: HostReport(n) for n in chosen}), {}, {}
+    report, todo, rest = Report({n: HostReport(n) for n in chosen}), {}, {}
     for name in chosen:
         out = outcomes[name]
         if not out.ok:
@@ -261,12 +275,29 @@ def _quick(connections, specs: Sequence[str], *, apply: bool,
             rest[name] = plans[name]
             continue
         if apply and (result.changes or result.errors or result.materialize):
-            rest[name], seen[name] = plans[name], actual
+            todo[name] = plans[name]
             continue
         report.record(name, plans[name], actual, result)
         if result.errors:
             report.fail(name, "; ".join(result.errors))
-    return report, rest, seen
+    return report, todo, rest
+
+
+def _converge(connections, plans: dict[str, HostPlan], report: Report, lock_timeout: float) -> None:
+    """Converge the hosts that differ, each on its OpenSSH connection, all at once."""
+    from .converge import converge
+    from .remote import Failed, OpenSSH
+
+    def one(name: str) -> None:
+        remote = OpenSSH(connections, name)
+        try:
+            converge(remote, plans[name], report.record, lock_timeout)
+        except Failed as e:
+            report.fail(name, str(e))
+        finally:
+            remote.close()
+
+    connections.each(one, plans)
 
 
 def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = False,
@@ -275,10 +306,11 @@ def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = 
     """Plan (and with apply=True, execute) on every host of the inventory. `gc`: instead,
     remove layers that nothing in the specs (nor any mounted overlay) uses.
 
-    Every host is read first with one plain `ssh` (see `_quick`); only hosts with something
-    to do (or that the quick read could not reach) go through pyinfra, whose layer streams
-    reuse the same connections. `early`: those connections, opened by the caller before it
-    imported this module (sshrun.Connections.for_inventory)."""
+    Every host is read first with one plain `ssh` (see `_quick`); hosts with something to
+    do are converged on the same connections. pyinfra runs only for inventories it alone
+    can read or connect to, and for hosts the quick read could not reach (it retries and
+    says why). `early`: the connections, opened by the caller before it imported this
+    module (sshrun.Connections.for_inventory)."""
     from . import sshrun
 
     flags = {"gc": gc, "prune": prune, "check_layers": check_layers}
@@ -287,10 +319,11 @@ def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = 
         return _run_pyinfra(inventory_path, specs, apply=apply, sudo=sudo, limit=limit, lock_timeout=lock_timeout,
                             **flags)
     with connections:
-        report, rest, seen = _quick(connections, specs, apply=apply, **flags)
+        report, todo, rest = _quick(connections, specs, apply=apply, **flags)
+        _converge(connections, todo, report, lock_timeout)
         if rest:
             slow = _run_pyinfra(inventory_path, specs, apply=apply, sudo=sudo, limit=list(rest), plans=rest,
-                                seen=seen, lock_timeout=lock_timeout, **flags)
+                                lock_timeout=lock_timeout, **flags)
             report.hosts.update(slow.hosts)  # keeps inventory order: every host has its entry already
             for name in rest:
                 if report.hosts[name].result is None and report.hosts[name].error is None:
@@ -299,8 +332,7 @@ def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = 
 
 
 def _run_pyinfra(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool, limit: Sequence[str],
-                 lock_timeout: float, plans: dict[str, HostPlan] | None = None,
-                 seen: dict[str, HostState] | None = None, **flags: bool) -> Report:
+                 lock_timeout: float, plans: dict[str, HostPlan] | None = None, **flags: bool) -> Report:
     from pyinfra.api.exceptions import PyinfraError
     from pyinfra.api.operation import add_op
     from pyinfra.api.operations import run_ops
@@ -312,7 +344,7 @@ def _run_pyinfra(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo
         if not s.active:
             return report
         results = add_op(state, converge, plans=s.plans, record=report.record, lock_timeout=lock_timeout,
-                         seen=seen, name="lamina: converge")
+                         name="lamina: converge")
         if apply:
             try:
                 run_ops(state)

@@ -114,26 +114,36 @@ class Connections:
         while not os.path.exists(sock) and self.masters[name].poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
 
+    def argv(self, name: str, remote: str | None = None) -> list[str]:
+        """`ssh` on the host's open connection: REMOTE, or (default) a script on stdin."""
+        n = list(self.hosts).index(name)
+        self._ready(name, n)
+        return argv(name, self.hosts[name], self.sudo, remote=remote, extra=self._control(n, "no"))
+
+    def run(self, name: str, script: str, timeout: float = 600) -> Outcome:
+        """Run a script through `sh -s` (under sudo when asked) on the host's connection."""
+        command = self.argv(name)
+        if self.masters[name].poll() is not None:  # it could not connect: don't wait a timeout again
+            return Outcome(False, "", "no connection")
+        try:
+            done = subprocess.run(command, input=script, capture_output=True, text=True, timeout=timeout,
+                                  errors="surrogateescape")  # mount points need not be UTF-8
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return Outcome(False, "", str(e))
+        return Outcome(done.returncode == 0, done.stdout, done.stderr)
+
     def run_all(self, scripts: Mapping[str, str], timeout: float = 600) -> dict[str, Outcome]:
-        """Run each host's script through `sh -s` on its connection, every host at once."""
-        index = {name: n for n, name in enumerate(self.hosts)}
+        """Run each host's script on its connection, every host at once."""
+        return self.each(lambda name: self.run(name, scripts[name], timeout), scripts)
 
-        def one(name: str) -> Outcome:
-            self._ready(name, index[name])
-            if self.masters[name].poll() is not None:  # it could not connect: don't wait a timeout again
-                return Outcome(False, "", "no connection")
-            command = argv(name, self.hosts[name], self.sudo, extra=self._control(index[name], "no"))
-            try:
-                done = subprocess.run(command, input=scripts[name], capture_output=True, text=True, timeout=timeout,
-                                      errors="surrogateescape")  # mount points need not be UTF-8
-            except (OSError, subprocess.TimeoutExpired) as e:
-                return Outcome(False, "", str(e))
-            return Outcome(done.returncode == 0, done.stdout, done.stderr)
-
-        if not scripts:
+    @staticmethod
+    def each(work, names):
+        """work(name) for every name, all at once (threads: the work is waiting on ssh)."""
+        names = list(names)
+        if not names:
             return {}
-        with ThreadPoolExecutor(min(len(scripts), 32)) as pool:
-            return dict(zip(scripts, pool.map(one, scripts), strict=True))
+        with ThreadPoolExecutor(min(len(names), 32)) as pool:
+            return dict(zip(names, pool.map(work, names), strict=True))
 
     def close(self) -> None:
         for name in self.masters:

@@ -53,6 +53,9 @@ from typing import IO, Any
 
 import zstandard
 
+from . import cache_dir, planstore
+from .images import Layer
+
 # Bump whenever the bytes written for the same input change: it invalidates every cache entry.
 # 2: archive mtimes are read from the exact PAX decimal and rounded down (was: int() of a float).
 FORMAT_VERSION = 2
@@ -71,20 +74,6 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
-@dataclass(frozen=True)
-class Layer:
-    diff_id: str  # "sha256:<hex>" of the uncompressed layer tar in OCI/Docker form (Docker's DiffID)
-    path: Path  # the same layer as a tar in overlay form, in the cache dir, ready to ship
-    sha256: str  # hex sha256 of the file at `path` (the host checks it while extracting)
-    size: int  # bytes of the file at `path`
-
-
-def cache_dir() -> Path:
-    """$LAMINA_CACHE_DIR or ~/.cache/lamina, created mode 0700 (an existing dir is left as it is)."""
-    env = os.environ.get("LAMINA_CACHE_DIR")
-    path = Path(env) if env else Path.home() / ".cache" / "lamina"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,6 +631,7 @@ def from_directory(src: Path, dest: str, mode: int | None = None, owner: tuple[i
     security.capability xattr is copied; sockets are skipped.
     """
     src = Path(src)
+    planstore.note(src, tree=True)
     st = _source_stat(src, "copy source")
     real = src.resolve()
     if mode is not None and not 0 <= mode <= 0o7777:
@@ -691,6 +681,7 @@ def from_archive(src: Path, dest: str = "/") -> Layer:
     written as one in both forms (Docker's overlay2 diff would do the same).
     """
     src = Path(src)
+    planstore.note(src)
     st = _source_stat(src, "archive")
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"archive {src} is not a file")
@@ -823,6 +814,7 @@ def _oci_image(blobs: _Blobs, what: str) -> list[tuple[str, str]]:
 
 def _import(path: Path, kind: str, image: Callable[[_Blobs, str], list[tuple[str, str]]]) -> list[Layer]:
     path = Path(path)
+    planstore.note(path, tree=True)
     st = _source_stat(path, kind)
     real = path.resolve()
     what = f"{kind} {path}"

@@ -6,6 +6,7 @@ Each test starts from clean hosts (no lamina mounts, empty /srv, /mnt, state dir
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -26,9 +27,9 @@ echo only-low1 > /srv/demo/low1/f1.txt
 """
 
 
-def lamina(*args: str, check: int | None = 0) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "lamina.cli", *args], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+def lamina(*args: str, check: int | None = 0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "lamina.cli", *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, **env} if env else None)
     if check is not None:
         assert out.returncode == check, f"exit {out.returncode}\n{out.stdout}\n{out.stderr}"
     return out

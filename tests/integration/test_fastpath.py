@@ -1,5 +1,6 @@
-"""The fast read (runner._quick): one plain `ssh` per host decides whether pyinfra is needed
-at all, and a spec too big for one command line still converges (channel.BIG).
+"""The fast path (runner._quick, runner._converge): one plain `ssh` per host reads it, and
+only hosts that differ are converged, on the same OpenSSH connections — pyinfra is not
+even imported. A spec too big for one command line still converges.
 
 Counts come from each host's sshd log (one "Starting session" per remote command)."""
 
@@ -29,19 +30,24 @@ def test_noop_is_one_remote_command_per_host_and_no_pyinfra(hosts):  # noqa: F81
     assert _sessions(lab, marks) == {h: ["command"] for h in lab.hosts}
 
 
-def test_only_the_drifted_host_goes_through_pyinfra(hosts):  # noqa: F811
+def test_only_the_drifted_host_changes_and_pyinfra_is_never_imported(hosts, tmp_path):  # noqa: F811
     lab = hosts
     changes(lab)
     victim = lab.hosts[1]
     assert lab.run(victim, "umount /mnt/demo-shared").returncode == 0
     marks = {h: lab.mark(h) for h in lab.hosts}
-    report = changes(lab)
+    blocker = tmp_path / "pyinfra"  # first on the path: importing pyinfra fails the run
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('pyinfra imported on the fast path')\n")
+    out = lamina("apply", "-i", str(lab.inventory), "--json", env={"PYTHONPATH": str(tmp_path)})
+    report = json.loads(out.stdout)["hosts"]
     assert {h: [c["object"] for c in r["changed"]] for h, r in report.items()} == \
         {h: ["bind /mnt/demo-shared"] if h == victim else [] for h in lab.hosts}
-    assert list(report) == lab.hosts  # inventory order, whichever path each host took
+    assert list(report) == lab.hosts  # inventory order
     sessions = _sessions(lab, marks)
     assert all(sessions[h] == ["command"] for h in lab.hosts if h != victim), sessions
-    assert len(sessions[victim]) > 1 and "/mnt/demo-shared" in mounts(lab, victim)
+    # read, lock, read again under the lock, the script
+    assert len(sessions[victim]) == 4 and "/mnt/demo-shared" in mounts(lab, victim), sessions
 
 
 def test_an_inventory_only_pyinfra_can_read_gives_the_same_answer(hosts, tmp_path):  # noqa: F811

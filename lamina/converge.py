@@ -1,0 +1,54 @@
+"""One host's converge, once it is known to differ: lock, look again, put the layers
+there, then one script for directories, mounts and purges.
+
+It runs on a `Remote` — pyinfra's connection inside lamina's operation, or the fast
+read's OpenSSH connection — and raises remote.Failed with the user's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import diff as diffing
+from . import facts
+from .materialize import known, materialize
+from .plan import HostPlan
+from .remote import Failed, Remote, message
+
+Recorder = Callable[[str, HostPlan, facts.HostState, diffing.Result], None]
+
+
+def read(remote: Remote, plan: HostPlan) -> facts.HostState:
+    done = remote.run(facts.command(plan))
+    if not done.ok:
+        raise Failed(message(done, "reading the host's state failed"))
+    return facts.parse(done.stdout)
+
+
+def converge(remote: Remote, plan: HostPlan, record: Recorder, lock_timeout: float) -> None:
+    # Hold the host's lock, then look (again): another run may have changed the host.
+    remote.lock(lock_timeout)
+    actual = read(remote, plan)
+    result = diffing.diff(plan, actual)
+    record(remote.name, plan, actual, result)
+    if result.errors:  # refuse the whole host before touching it
+        raise Failed("; ".join(result.errors))
+    if result.materialize:
+        view = diffing.Host(plan, actual)
+        materialize(remote, plan, result.materialize, view.names, known(view, plan.layers.values()))
+        # the layers are there now: compare again to mount what waited for them
+        replaced = frozenset(m.digest for m in result.materialize if m.damaged)
+        first, actual = result, read(remote, plan)
+        result = diffing.diff(plan, actual, replaced)
+        # report what the first comparison could not see yet (boot files)
+        seen = {c.key for c in first.changes}
+        extra = [c for c in result.changes if c.key not in seen]
+        record(remote.name, plan, actual, diffing.Result(
+            first.changes + extra, [k for k in first.unchanged if k not in {c.key for c in extra}], first.errors))
+        if result.errors or result.materialize:
+            raise Failed("; ".join(result.errors or [f"{m.ref.label}: still missing after shipping"
+                                                     for m in result.materialize]))
+    if result.changes:
+        done = remote.run(diffing.script(result))
+        if not done.ok:
+            raise Failed(message(done, "the script failed"))
