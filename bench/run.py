@@ -226,6 +226,14 @@ DEMO_PREP = ("for i in 1 2 3; do mkdir -p /srv/demo/low$i; echo \"from low$i\" >
              " echo only-low1 > /srv/demo/low1/f1.txt")
 
 
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has spent busy: the test hosts are namespaces on this
+    machine, so their work (sshd, tar, mount) shares its cores with the controller."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = sum(int(x) for i, x in enumerate(fields[:8]) if i not in (3, 4))  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def bench_fanout(many: int, runs: int) -> dict:
     from lamina.rootfs import busybox_rootfs
 
@@ -235,15 +243,19 @@ def bench_fanout(many: int, runs: int) -> dict:
     lab.down()
     lab.up(many)
     first = lab.hosts()[0].name
-    one, all_ = [], []
+    one, all_, cpu = [], [], []
     for _ in range(runs):
         on_hosts(LAMINA_RESET + DEMO_PREP)
         one.append(timed([*LAMINA, "apply", "-i", INVENTORY, "--limit", first]))
         on_hosts(LAMINA_RESET + DEMO_PREP)
+        before = machine_cpu()
         all_.append(timed([*LAMINA, "apply", "-i", INVENTORY]))
+        cpu.append(machine_cpu() - before)
     row = {"hosts": many, "one_host_s": round(statistics.median(one), 3),
-           "all_hosts_s": round(statistics.median(all_), 3)}
-    log(f"fan-out demo: 1 host {row['one_host_s']:.2f}s, {many} hosts {row['all_hosts_s']:.2f}s")
+           "all_hosts_s": round(statistics.median(all_), 3), "all_hosts_cpu_s": round(statistics.median(cpu), 3),
+           "cpus": os.cpu_count()}
+    log(f"fan-out demo: 1 host {row['one_host_s']:.2f}s, {many} hosts {row['all_hosts_s']:.2f}s"
+        f" using {row['all_hosts_cpu_s']:.2f} CPU-s of the machine")
     return row
 
 
@@ -280,6 +292,10 @@ def ratios(results: dict) -> list[tuple[str, float, str, bool]]:
         f = results["fanout"]
         r = f["all_hosts_s"] / f["one_host_s"]
         out.append((f"fan-out: {f['hosts']} hosts / 1 host", r, "<= 3", r <= 3))
+        if "all_hosts_cpu_s" in f:  # the least time that CPU work takes on this machine's cores
+            r = f["all_hosts_s"] / (f["all_hosts_cpu_s"] / f["cpus"])
+            out.append((f"fan-out: {f['hosts']} hosts, wall time / (machine CPU-s ÷ {f['cpus']} cores)", r, REPORTED,
+                        True))
     for d in results.get("deep", []):
         out.append((f"deep stack {d['layers']} layers: lamina remount / bare mount", d["remount_s"] / d["bare_mount_s"],
                     REPORTED, True))
@@ -315,8 +331,10 @@ def markdown(results: dict) -> str:
                   for d in results["deep"]]
     if "fanout" in results:
         f = results["fanout"]
-        lines += ["", "## Fan-out: first converge of the demo", "", f"| 1 host (s) | {f['hosts']} hosts (s) |",
-                  "|---:|---:|", f"| {f['one_host_s']:.2f} | {f['all_hosts_s']:.2f} |"]
+        lines += ["", "## Fan-out: first converge of the demo", "",
+                  f"| 1 host (s) | {f['hosts']} hosts (s) | machine CPU-s during the {f['hosts']}-host run |",
+                  "|---:|---:|---:|", f"| {f['one_host_s']:.2f} | {f['all_hosts_s']:.2f} |"
+                  f" {f.get('all_hosts_cpu_s', float('nan')):.2f} |"]
     lines += ["", "![time against spec size](bench/results.png)", ""]
     return "\n".join(lines)
 

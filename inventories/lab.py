@@ -26,7 +26,9 @@ lab = [
             "ssh_known_hosts_file": str(_lab.known_hosts()),
             "ssh_strict_host_key_checking": "yes",
             "lamina_roles": ["demo"],
-            "lamina_lab_ssh_config": str(_lab.ssh_config()),
+            # the lab's ssh_config too, so that every SSH client (pyinfra's, OpenSSH for lamina's
+            # fast path, testinfra's) connects with the same settings as `lamina lab ssh`
+            "ssh_config_file": str(_lab.ssh_config()),
         },
     )
     for _h in _hosts

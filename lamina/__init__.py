@@ -9,6 +9,9 @@ DEFAULT_STATE_DIR = "/var/lib/lamina"
 # (DESIGN §3); stay clear of it, counting the other options too.
 MAX_MOUNT_DATA = 4000
 
+# Mount targets lamina refuses, as given and once resolved on the host.
+PROTECTED = ("/proc", "/sys", "/dev", "/boot")
+
 
 def cache_dir() -> Path:
     """$LAMINA_CACHE_DIR or ~/.cache/lamina, created mode 0700 (an existing dir is left as it is)."""

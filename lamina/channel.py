@@ -11,6 +11,7 @@ connection, one CPU for every host — is the fallback.
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
 import subprocess
 import tempfile
@@ -129,21 +130,48 @@ class Corrupt(Exception):
     pass
 
 
+class _Digest:
+    """One sha256 of a layer file shared by the streams that send it to several hosts at
+    once: each chunk is hashed by whichever stream reads it first, so the controller hashes
+    a layer once per run, not once per host."""
+
+    def __init__(self) -> None:
+        self.lock, self.sha, self.upto = threading.Lock(), hashlib.sha256(), 0
+
+    def feed(self, offset: int, chunk: bytes) -> None:
+        with self.lock:
+            if offset == self.upto:  # a stream never gets ahead of what is hashed: it hashed it, or found it done
+                self.sha.update(chunk)
+                self.upto += len(chunk)
+
+    def result(self) -> tuple[str, int]:
+        with self.lock:
+            return self.sha.hexdigest(), self.upto
+
+
+_DIGESTS: dict[tuple, _Digest] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
 def verified_chunks(path: str, sha256: str, size: int | None = None) -> Iterable[bytes]:
     """The file's bytes, hashed on the way; the last chunk is held back until the whole
     digest (and size) matches, so a corrupt file never reaches the host in full (Corrupt instead)."""
-    digest, total = hashlib.sha256(), 0
     with open(path, "rb") as f:
+        st = os.fstat(f.fileno())  # a rewritten file (new inode or mtime) is hashed afresh
+        with _DIGESTS_LOCK:
+            shared = _DIGESTS.setdefault((path, sha256, st.st_ino, st.st_mtime_ns, st.st_size), _Digest())
+        offset = 0
         held = f.read(CHUNK)
         while held:
-            digest.update(held)
-            total += len(held)
+            shared.feed(offset, held)
+            offset += len(held)
             chunk = f.read(CHUNK)
             if not chunk:
                 break
             yield held
             held = chunk
-    if digest.hexdigest() != sha256 or (size is not None and total != size):
-        raise Corrupt(f"{path}: sha256 {digest.hexdigest()} ({total} bytes), want {sha256} ({size} bytes)")
+    digest, hashed = shared.result()
+    if hashed != offset or digest != sha256 or (size is not None and offset != size):
+        raise Corrupt(f"{path}: sha256 {digest} ({offset} bytes), want {sha256} ({size} bytes)")
     if held:
         yield held

@@ -17,7 +17,7 @@ import posixpath
 import shlex
 from dataclasses import dataclass, field
 
-from . import MAX_MOUNT_DATA
+from . import MAX_MOUNT_DATA, PROTECTED
 from .facts import HostState, MountEntry
 from .images import LayerRef
 from .lock import BUSY
@@ -374,8 +374,6 @@ class _Run:
 
 def _protected(path: str) -> bool:
     """A resolved target that is / or lies under /proc, /sys, /dev, /boot (a symlink can lead there)."""
-    from .spec import PROTECTED
-
     return path == "/" or any(path == p or path.startswith(p + "/") for p in PROTECTED)
 
 

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,9 @@ def recording() -> Iterator[dict[str, Any]]:
 
 
 def _code() -> list[Any]:
-    """lamina's own code: a changed lamina plans differently."""
+    """lamina's own code and templates: a changed lamina plans (and compares) differently."""
     root = Path(__file__).parent
-    files = sorted([*root.glob("*.py"), *root.glob("sh/*")])
+    files = sorted([*root.glob("*.py"), *root.glob("sh/*"), *root.parent.glob("templates/*")])
     return [sys.version, *((str(p), os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in files)]
 
 
@@ -96,38 +97,75 @@ def _path(key: str) -> Path:
     return cache_dir() / "plans" / f"{key}.pickle"
 
 
-def load(key: str | None):
-    """The plans stored under `key` if every file they came from is unchanged, else None."""
+@dataclass
+class Entry:
+    """One stored planning: the plans, their fact commands, and for each host that was in
+    sync, the digest of its fact output with the comparison's result. Comparing a plan with
+    a host is a pure function of the two, so byte-identical output gives that same result
+    without parsing and comparing again."""
+
+    key: str | None
+    inputs: dict[str, Any]
+    plans: dict[str, Any]
+    commands: dict[str, str] = field(default_factory=dict)
+    synced: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    dirty: bool = True
+
+    def command(self, name: str) -> str:
+        if name not in self.commands:
+            from . import facts
+
+            self.commands[name], self.dirty = facts.command(self.plans[name]), True
+        return self.commands[name]
+
+    def known(self, name: str, output: str):
+        """The result stored for exactly this fact output of this host, or None."""
+        memo = self.synced.get(name)
+        return memo[1] if memo is not None and memo[0] == _digest(output) else None
+
+    def remember(self, name: str, output: str, result) -> None:
+        digest = _digest(output)
+        if self.synced.get(name, ("",))[0] != digest:
+            self.synced[name], self.dirty = (digest, result), True
+
+    def save(self) -> None:
+        if self.key is None or not self.dirty:
+            return
+        for p in self.plans.values():  # the layer tars a run would ship
+            for ref in p.layers.values():
+                if ref.layer is not None:
+                    self.inputs[os.path.abspath(ref.layer.path)] = signature(str(ref.layer.path))
+        path = _path(self.key)
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                pickle.dump(replace(self, dirty=False), f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)
+            for old in path.parent.iterdir():  # entries of specs no longer run
+                if old.stat().st_mtime < time.time() - STALE:
+                    old.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only cache: plan afresh next time
+        self.dirty = False
+
+
+def _digest(output: str) -> str:
+    return hashlib.sha256(output.encode(errors="surrogateescape")).hexdigest()
+
+
+def load(key: str | None) -> Entry | None:
+    """The entry stored under `key` if every file its plans came from is unchanged, else None."""
     if key is None:
         return None
     try:
         with open(_path(key), "rb") as f:
-            inputs, plans = pickle.load(f)
+            entry = pickle.load(f)
     except Exception:  # missing, truncated, or from another lamina: plan afresh
         return None
-    for name, sig in inputs.items():
-        tree = name.startswith("tree:")
-        if signature(name.removeprefix("tree:"), tree) != sig:
+    if not isinstance(entry, Entry) or entry.key != key:
+        return None
+    for name, sig in entry.inputs.items():
+        if signature(name.removeprefix("tree:"), name.startswith("tree:")) != sig:
             return None
-    return plans
-
-
-def save(key: str | None, plans, inputs: dict[str, Any]) -> None:
-    if key is None:
-        return
-    for p in plans.values():  # the layer tars a run would ship
-        for ref in p.layers.values():
-            if ref.layer is not None:
-                inputs[os.path.abspath(ref.layer.path)] = signature(str(ref.layer.path))
-    path = _path(key)
-    try:
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump((inputs, plans), f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-        for old in path.parent.iterdir():  # entries of specs no longer run
-            if old.stat().st_mtime < time.time() - STALE:
-                old.unlink(missing_ok=True)
-    except OSError:
-        pass  # a read-only cache: plan afresh next time
+    return entry

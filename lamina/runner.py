@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import images
-from .diff import Result
+from .diff import Result, diff
 from .errors import LaminaError, SpecError, SpecInvalid
 from .facts import HostState
 from .plan import HostPlan, plan
@@ -177,19 +177,26 @@ class Session:
 
 def _plans(hosts: Sequence[tuple[str, dict[str, Any]]], specs: Sequence[str], state_dir: str | None,
            **flags: bool) -> dict[str, HostPlan]:
-    """Every host's plan, or SpecInvalid with every error of every host (before any connection).
-    A re-run of unchanged specs on unchanged inventory data reads the plans it stored (planstore)."""
-    from . import planstore
-
+    """Every host's plan, or SpecInvalid with every error of every host (before any connection)."""
     if state_dir is not None:  # commands that need no spec, only the state dir
         return {name: HostPlan(state_dir, ()) for name, _ in hosts}
+    entry = _stored(hosts, specs, **flags)
+    entry.save()
+    return entry.plans
+
+
+def _stored(hosts: Sequence[tuple[str, dict[str, Any]]], specs: Sequence[str], **flags: bool):
+    """The hosts' plans as a planstore.Entry: the stored one when the specs, the inventory
+    data and every file planning read are unchanged (no YAML, pydantic or Jinja2), else
+    planned afresh. The caller saves it."""
+    from . import planstore
+
     key = planstore.key(list(hosts), list(specs), flags)
-    plans = planstore.load(key)
-    if plans is None:
+    entry = planstore.load(key)
+    if entry is None:
         with planstore.recording() as inputs:
-            plans = _plan_all(hosts, specs, **flags)
-        planstore.save(key, plans, inputs)
-    return plans
+            entry = planstore.Entry(key, inputs, _plan_all(hosts, specs, **flags))
+    return entry
 
 
 def _plan_all(hosts: Sequence[tuple[str, dict[str, Any]]], specs: Sequence[str], **flags: bool) -> dict[str, HostPlan]:
@@ -257,11 +264,11 @@ def _quick(connections, specs: Sequence[str], *, apply: bool,
     plans of those with changes to apply, and the plans of those whose read failed (pyinfra
     retries and explains)."""
     from . import facts
-    from .diff import diff
 
     chosen = list(connections.hosts)
-    plans = _plans([(n, connections.hosts[n]) for n in chosen], specs, None, **flags)  # while they connect
-    outcomes = connections.run_all({n: facts.command(plans[n]) for n in chosen})
+    entry = _stored([(n, connections.hosts[n]) for n in chosen], specs, **flags)  # while they connect
+    plans = entry.plans
+    outcomes = connections.run_all({n: entry.command(n) for n in chosen})
     report, todo, rest = Report({n: HostReport(n) for n in chosen}), {}, {}
     for name in chosen:
         out = outcomes[name]
@@ -270,16 +277,20 @@ def _quick(connections, specs: Sequence[str], *, apply: bool,
             continue
         try:
             actual = facts.parse(out.stdout.splitlines())
-            result = diff(plans[name], actual)
+            result = entry.known(name, out.stdout) or diff(plans[name], actual)
         except Exception:  # output pyinfra's path may read differently: let it try, and explain
             rest[name] = plans[name]
             continue
-        if apply and (result.changes or result.errors or result.materialize):
-            todo[name] = plans[name]
-            continue
+        if result.changes or result.errors or result.materialize:
+            if apply:
+                todo[name] = plans[name]
+                continue
+        else:
+            entry.remember(name, out.stdout, result)
         report.record(name, plans[name], actual, result)
         if result.errors:
             report.fail(name, "; ".join(result.errors))
+    entry.save()
     return report, todo, rest
 
 

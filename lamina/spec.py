@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from . import DEFAULT_STATE_DIR  # noqa: F401  (re-exported)
+from . import DEFAULT_STATE_DIR, PROTECTED  # noqa: F401  (DEFAULT_STATE_DIR re-exported)
 
 # Docker's volume name rule (moby volume/local); used for every object name. \Z, not $:
 # "$" also matches before a final newline.
@@ -23,7 +23,6 @@ NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+\Z")
 # A name is a directory name on hosts (NAME_MAX 255), twice part of a container's overlay
 # options, which must fit one page next to 500 short layer links.
 MAX_NAME = 128
-PROTECTED = ("/proc", "/sys", "/dev", "/boot")
 # The overlay mount option string separates options with "," and layers with ":",
 # and treats "\" as an escape; rather than half-support them we refuse them.
 OVERLAY_UNSAFE = re.compile(r"[,:\\\s]")

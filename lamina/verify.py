@@ -41,6 +41,8 @@ def ssh_config_entry(name: str, data: dict[str, Any], control_dir: str) -> str:
         f"  ControlPath {control_dir}/%C",
         "  ControlPersist 30",
     ]
+    if data.get("ssh_config_file"):  # the rest as the inventory's own ssh_config says (first value wins)
+        lines.append(f"  Include {Path(data['ssh_config_file']).resolve()}")
     return "\n".join(lines) + "\n"
 
 

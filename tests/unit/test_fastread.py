@@ -147,6 +147,44 @@ def test_a_corrupt_layer_never_reaches_the_host_in_full(tmp_path):
     assert 0 < len(b"".join(sent)) < len(data)
 
 
+def test_streams_of_one_layer_to_several_hosts_share_one_digest(tmp_path, monkeypatch):
+    """Streams to several hosts at once, at different speeds, each get every byte and each
+    check the whole digest, though every chunk is hashed once; a rewritten file is hashed afresh."""
+    import hashlib
+    import os
+
+    from lamina import channel
+
+    path = tmp_path / "layer.tar"
+    data = os.urandom(5 * channel.CHUNK + 99)
+    path.write_bytes(data)
+    good = hashlib.sha256(data).hexdigest()
+    hashed = []
+    real = hashlib.sha256
+    monkeypatch.setattr(channel.hashlib, "sha256", lambda: _Counting(real(), hashed))
+    fast, slow = channel.verified_chunks(str(path), good), channel.verified_chunks(str(path), good)
+    got_fast, got_slow = [], [next(slow)]
+    got_fast += list(fast)  # one stream runs ahead to the end
+    got_slow += list(slow)  # the other follows what is hashed already
+    assert b"".join(got_fast) == b"".join(got_slow) == data
+    assert sum(hashed) == len(data)  # once, not twice
+    path.write_bytes(data[::-1])  # rewritten: a new mtime, a new digest to compute
+    with pytest.raises(channel.Corrupt):
+        list(channel.verified_chunks(str(path), good))
+
+
+class _Counting:
+    def __init__(self, sha, counts):
+        self.sha, self.counts = sha, counts
+
+    def update(self, b):
+        self.counts.append(len(b))
+        self.sha.update(b)
+
+    def hexdigest(self):
+        return self.sha.hexdigest()
+
+
 @pytest.mark.parametrize("with_openssl", [True, False])
 def test_host_sha256_is_the_same_with_or_without_openssl(tmp_path, with_openssl):
     """common.sh hashes with OpenSSL when the host has it (much faster) and with coreutils
