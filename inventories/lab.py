@@ -5,9 +5,17 @@
 
 Follows ``LAMINA_LAB_DIR`` (the test suite's lab: ``LAMINA_LAB_DIR=/run/lamina/testlab``).
 Host-key checking is on: the lab's known_hosts holds each host's key ("NAME,IP key").
+
+``LAMINA_LAB_USER`` logs in as one of the hosts' non-root users instead of root: ``lamina``
+(sudo without a password), ``lampw`` (sudo with the lab's password, given to pyinfra as
+``_sudo_password``) or ``nosudo``; run lamina with ``--sudo`` (pyinfra: ``--sudo``) then.
 """
 
+import os as _os
+
 from lamina import lab as _lab
+
+_user = _os.environ.get("LAMINA_LAB_USER") or "root"
 
 _hosts = _lab.hosts()
 if not _hosts:  # SystemExit: pyinfra prints the message, no traceback
@@ -21,7 +29,8 @@ lab = [
         _h.name,
         {
             "ssh_hostname": _h.address,
-            "ssh_user": "root",
+            "ssh_user": _user,
+            **({"_sudo_password": _lab.sudo_password()} if _user == _lab.USERS["sudo_password"] else {}),
             "ssh_key": str(_lab.identity()),
             "ssh_known_hosts_file": str(_lab.known_hosts()),
             "ssh_strict_host_key_checking": "yes",

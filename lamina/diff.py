@@ -70,6 +70,23 @@ class Lower:
     cwd: str | None = None
 
 
+def legacy_mount(lower: Lower, actual: HostState) -> bool:
+    """Whether this lower stack must be mounted through mount(2)'s single data page: util-linux
+    2.39+ passes options through the new mount API, which refuses a `lowerdir=` over 255 bytes
+    (EINVAL, rc 32); LIBMOUNT_FORCE_MOUNT2=always makes it use mount(2), as 2.38 does."""
+    return len(lower.option) > NEW_API_LOWERDIR_LIMIT and actual.util_linux >= (2, 39)
+
+
+def mount_form(lower: Lower, actual: HostState) -> str:
+    """How an overlay with this lower stack is mounted on this host, for `inspect`."""
+    what = f"lowerdir= of short links, mounted from {lower.cwd}" if lower.cwd else "lowerdir= of absolute paths"
+    version = ".".join(map(str, actual.util_linux)) or "unknown"
+    if legacy_mount(lower, actual):
+        return (f"{what}; {len(lower.option)} bytes, over the new mount API's 255: mount(2) data"
+                f" (LIBMOUNT_FORCE_MOUNT2=always, util-linux {version})")
+    return f"{what}; {len(lower.option)} bytes (util-linux {version})"
+
+
 def q(arg: str) -> str:
     return shlex.quote(arg)
 
@@ -178,9 +195,7 @@ def mount_command(want: MountWant, actual: HostState, lower: Lower | None = None
     if len(opts) > MAX_MOUNT_DATA:
         raise ValueError(f"overlay options are {len(opts)} bytes; the kernel silently truncates mount data"
                          f" past one page (limit here {MAX_MOUNT_DATA})")
-    env = ""
-    if len(lower.option) > NEW_API_LOWERDIR_LIMIT and actual.util_linux >= (2, 39):
-        env = "LIBMOUNT_FORCE_MOUNT2=always "
+    env = "LIBMOUNT_FORCE_MOUNT2=always " if legacy_mount(lower, actual) else ""
     cd = f"cd {q(lower.cwd)} && " if lower.cwd else ""
     return f"{cd}{env}mount -t overlay -o {q(opts)} -- {q(want.source)} {target}"
 
@@ -391,6 +406,10 @@ def _short(command: str, width: int = 40) -> str:
 
 
 def diff(plan: HostPlan, actual: HostState, replaced: frozenset[str] = frozenset()) -> Result:
+    if actual.user is not None and actual.user[0] != 0:  # it would read root-only dirs as missing
+        uid, name = actual.user
+        return Result(errors=[f"the commands run as {name} (uid {uid}), not root: lamina mounts and owns root-only"
+                              " state; connect as root or use --sudo (pyinfra: _sudo)"])
     run = _Run(plan, actual, replaced)
     if plan.gc:  # garbage collection only: nothing else of the plan is applied
         run.result.changes = _garbage(run.host)

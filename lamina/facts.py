@@ -102,6 +102,7 @@ class HostState:
     mounts: tuple[MountEntry, ...] = ()
     paths: dict[str, PathInfo] = field(default_factory=dict)
     util_linux: tuple[int, ...] = ()
+    user: tuple[int, str] | None = None  # (uid, name) the commands run as; None: not read
     files: dict[str, str] = field(default_factory=dict)  # managed small files' content
     layers: frozenset[str] = frozenset()  # hex digests in <state_dir>/layers
     links: dict[str, str] = field(default_factory=dict)  # short link name → its target
@@ -166,6 +167,7 @@ def command(plan: HostPlan) -> str:
     return "\n".join([
         f"echo {MARK}-mountinfo; cat /proc/self/mountinfo",
         f"echo {MARK}-util-linux; mount -V 2>&1 | head -n 1",
+        f"echo {MARK}-user; id -u; id -un",
         # the paths once, as "$@"; then two processes for all of them (a fork per path costs ~5 ms)
         *assignments,
         f"set -- {' '.join(words[:len(paths)])}",
@@ -202,6 +204,13 @@ def _store_listing(state_dir: str) -> list[str]:
         f"echo {MARK}-links; ls -l -- {sd}/l 2>/dev/null || :",
         f"echo {MARK}-staging; ls -1 -- {sd}/staging 2>/dev/null || :",
     ]
+
+
+def _user(lines: Sequence[str]) -> tuple[int, str] | None:
+    try:
+        return int(lines[0]), lines[1].strip()
+    except (IndexError, ValueError):
+        return None
 
 
 def parse(lines: Sequence[str]) -> HostState:
@@ -249,5 +258,6 @@ def parse(lines: Sequence[str]) -> HostState:
         mounts=tuple(parse_mountinfo(sections.get("mountinfo", []))),
         paths=paths,
         util_linux=tuple(int(g) for g in version.groups() if g) if version else (),
+        user=_user(sections.get("user", [])),
         files=files,
     )

@@ -60,6 +60,7 @@ class LabHost:
     name: str
     address: str
     pid: int | None = None  # the host's PID 1 as seen from the machine (nsenter -t PID -a)
+    lower: str = "/"  # its root's lower dir: "/" (the machine's own userland) or a debootstrap'ed tree
 
 
 def lab_dir() -> Path:
@@ -78,13 +79,18 @@ def identity() -> Path:
     return lab_dir() / "id_ed25519"
 
 
+def sudo_password() -> str:
+    """The password of the hosts' user lampw (USERS["sudo_password"])."""
+    return (lab_dir() / "sudo_password").read_text().strip()
+
+
 def hosts() -> list[LabHost]:
     """The hosts the last ``up`` started (empty when the lab is down)."""
     try:
         state = json.loads((lab_dir() / "hosts.json").read_text())
     except FileNotFoundError:
         return []
-    return [LabHost(h["name"], h["address"], h.get("pid")) for h in state["hosts"]]
+    return [LabHost(h["name"], h["address"], h.get("pid"), h.get("lower", "/")) for h in state["hosts"]]
 
 
 def info() -> dict:
@@ -167,22 +173,88 @@ def _harness(action: str, *args: str, **env: str) -> None:
 
 INITS = ("sshd", "systemd")
 DISKS = ("tmpfs", "persistent")
+USERLANDS_DIR = Path("/var/cache/lamina-lab")  # debootstrap'ed roots, kept between labs (root-only)
+# What a host's userland needs (sshd, mount, ip, sudo for the non-root users) and no more: no
+# python3, no openssl (lamina's host commands must work without them).
+USERLAND_PACKAGES = "openssh-server,openssh-sftp-server,util-linux,iproute2,sudo"
+# Login users of every host besides root, all with the lab's key: sudo without a password,
+# sudo with the lab's password ($LAMINA_LAB_DIR/sudo_password), and no sudo rights at all.
+USERS = {"sudo": "lamina", "sudo_password": "lampw", "no_sudo": "nosudo"}
 
 
-def up(n: int = 3, init: str | None = None, disks: str | None = None) -> list[LabHost]:
+def machine_suite() -> str:
+    """This machine's Debian suite (VERSION_CODENAME), e.g. bookworm: hosts of that userland
+    use the machine's own root as their lower dir."""
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("VERSION_CODENAME="):
+                return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return ""
+
+
+def fleet(text: str) -> list[str]:
+    """"bookworm:2,trixie:1" → one userland (a Debian suite) per host, in order."""
+    out = []
+    for part in text.split(","):
+        suite, _, count = part.strip().partition(":")
+        if not re.fullmatch(r"[a-z][a-z0-9-]{1,30}", suite) or not re.fullmatch(r"[1-9][0-9]?", count or "1"):
+            raise LabError(f"--hosts: {part.strip()!r} is not SUITE[:COUNT] (e.g. bookworm:2,trixie:1)")
+        out += [suite] * int(count or "1")
+    if not 1 <= len(out) <= 99:
+        raise LabError(f"number of hosts must be 1..99, not {len(out)}")
+    return out
+
+
+def userland(suite: str) -> str:
+    """The lower dir for hosts of Debian `suite`: "/" for the machine's own, else a minbase
+    tree made once with debootstrap (~40 s, ~280 MB) and kept in USERLANDS_DIR."""
+    if suite == machine_suite():
+        return "/"
+    root = USERLANDS_DIR / suite
+    if (root / ".lamina-userland").is_file():
+        return str(root)
+    debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
+    if not os.path.exists(debootstrap):
+        raise LabError(f"a {suite} userland needs debootstrap: apt-get install debootstrap")
+    USERLANDS_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = USERLANDS_DIR / f"{suite}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    mirror = os.environ.get("LAMINA_LAB_MIRROR") or "http://deb.debian.org/debian"
+    print(f"lab: making a {suite} userland in {root} with debootstrap (once; ~1 min)", file=sys.stderr, flush=True)
+    done = subprocess.run([debootstrap, "--variant=minbase", f"--include={USERLAND_PACKAGES}", suite, str(tmp), mirror],
+                          capture_output=True, text=True)
+    if done.returncode:
+        last = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()][-1:] or ["no output"]
+        raise LabError(f"debootstrap {suite} failed: {last[0]} (log: {tmp}/debootstrap/debootstrap.log)")
+    (tmp / ".lamina-userland").write_text(f"{suite} {mirror}\n")
+    tmp.rename(root)
+    return str(root)
+
+
+def up(n: int | None = None, init: str | None = None, disks: str | None = None,
+       userlands: list[str] | None = None) -> list[LabHost]:
     """Start (or restart from scratch) a lab of ``n`` hosts; returns them.
 
     ``init``: "sshd" (sshd is PID 1) or "systemd" (systemd is PID 1, boots multi-user.target);
     default ``$LAMINA_LAB_INIT`` or "sshd". ``disks``: "tmpfs" or "persistent" (on the machine's
     disk, kept by :func:`reboot`); default ``$LAMINA_LAB_DISKS``, else persistent with systemd.
     Fresh disks either way: ``up`` wipes what an earlier lab in this dir left.
+    ``userlands``: one Debian suite per host (see :func:`fleet`), default ``$LAMINA_LAB_HOSTS``,
+    else ``n`` (default 3) hosts of the machine's own userland.
     """
+    if userlands is None:
+        env_fleet = os.environ.get("LAMINA_LAB_HOSTS")
+        userlands = fleet(env_fleet) if env_fleet and n is None else [machine_suite()] * (n or 3)
+    n = len(userlands)
     if not 1 <= n <= 99:
         raise LabError(f"number of hosts must be 1..99, not {n}")
     init = init or os.environ.get("LAMINA_LAB_INIT") or "sshd"
     if init not in INITS:
         raise LabError(f"init must be sshd or systemd, not {init!r}")
-    env = {"LAMINA_LAB_N": str(n), "LAMINA_LAB_INIT": init}
+    env = {"LAMINA_LAB_N": str(n), "LAMINA_LAB_INIT": init,
+           "LAMINA_LAB_LOWERS": " ".join(userland(u) for u in userlands)}
     disks = disks or os.environ.get("LAMINA_LAB_DISKS")
     if disks:
         if disks not in DISKS:
@@ -318,8 +390,13 @@ def _cmd_up(args) -> int:
     _check_machine(init)  # before printing progress
     t0 = time.monotonic()
     with_init = "" if init == "sshd" else f" (init: {init})"
-    print(f"lab up: starting {args.n} hosts in {lab_dir()}{with_init}", flush=True)
-    up(args.n, init=init, disks=args.disks)
+    if args.hosts and args.n:
+        raise LabError("give -n or --hosts, not both")
+    fleet_text = args.hosts or (None if args.n else os.environ.get("LAMINA_LAB_HOSTS"))
+    userlands = fleet(fleet_text) if fleet_text else [machine_suite()] * (args.n or 3)
+    mix = ", ".join(f"{userlands.count(u)} {u}" for u in dict.fromkeys(userlands))
+    print(f"lab up: starting {len(userlands)} hosts ({mix}) in {lab_dir()}{with_init}", flush=True)
+    up(init=init, disks=args.disks, userlands=userlands)
     _print_up(time.monotonic() - t0)
     return 0
 
@@ -399,7 +476,11 @@ def register(subparsers) -> None:
         "LAMINA_LAB_DIR is taken down first.",
         epilog=env_help,
     )
-    p.add_argument("-n", type=int, default=3, metavar="N", help="number of hosts (default 3)")
+    p.add_argument("-n", type=int, metavar="N", help="number of hosts of this machine's userland (default 3)")
+    p.add_argument("--hosts", metavar="SUITE:N,...",
+                   help="a mixed fleet: N hosts of each Debian suite, e.g. bookworm:2,trixie:1; the machine's own"
+                        " suite uses its root, others a debootstrap'ed minbase tree made once in"
+                        f" {USERLANDS_DIR} (default: $LAMINA_LAB_HOSTS, else -n)")
     p.add_argument(
         "--init",
         choices=INITS,

@@ -24,6 +24,8 @@
 #   LAMINA_LAB_NET    first three octets of the /24, default 10.203.0
 #   LAMINA_LAB_N      number of hosts for `up`, default 3
 #   LAMINA_LAB_LOWER  lower dir of each host's root, default / (e.g. a debootstrap'ed tree)
+#   LAMINA_LAB_LOWERS one lower dir per host, space-separated (a mixed fleet: / / /trixie-root);
+#                     overrides LAMINA_LAB_LOWER
 #   LAMINA_LAB_INIT   sshd (default) or systemd
 #   LAMINA_LAB_DISKS  tmpfs or persistent; default: persistent with systemd, else tmpfs
 #   LAMINA_LAB_DISKS_DIR  where persistent disks live, default /var/lib/lamina-lab (a real disk:
@@ -31,7 +33,7 @@
 #   LAMINA_LAB_BOOT_TIMEOUT  seconds systemd may take to boot a host, default 60
 # `reboot` and `down` use the settings the lab was started with (recorded in $LAB/.lamina-lab).
 #
-# Files in $LAB: id_ed25519 (client key), known_hosts ("NAME,IP key"), ssh_config
+# Files in $LAB: id_ed25519 (client key), sudo_password (user lampw's), known_hosts ("NAME,IP key"), ssh_config
 # (StrictHostKeyChecking yes), hosts.json (what `up` started), hosts/NAME/{sshd.log,sshd_config,
 # ssh_host_ed25519_key*}.
 set -euo pipefail
@@ -39,7 +41,7 @@ umask 022
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 LAB=${LAMINA_LAB_DIR:-/run/lamina/lab}; P=${LAMINA_LAB_PREFIX:-lab}; NET=${LAMINA_LAB_NET:-10.203.0}
-N=${LAMINA_LAB_N:-3}; LOWER=${LAMINA_LAB_LOWER:-/}; INIT=${LAMINA_LAB_INIT:-sshd}
+N=${LAMINA_LAB_N:-3}; LOWER=${LAMINA_LAB_LOWER:-/}; LOWERS=${LAMINA_LAB_LOWERS:-}; INIT=${LAMINA_LAB_INIT:-sshd}
 DISKS=${LAMINA_LAB_DISKS:-}; DISKS_DIR=${LAMINA_LAB_DISKS_DIR:-/var/lib/lamina-lab}
 BOOT_TIMEOUT=${LAMINA_LAB_BOOT_TIMEOUT:-60}
 BR=${P}br; MARK=.lamina-lab   # $LAB/$MARK: the lab's prefix, then its settings; proof of a lab dir
@@ -61,14 +63,21 @@ check_env() {
   fi
   if ! [[ $N =~ ^[0-9]+$ ]] || (( N < 1 || N > 99 )); then die "number of hosts must be 1..99: $N"; fi
   [[ $INIT == sshd || $INIT == systemd ]] || die "LAMINA_LAB_INIT must be sshd or systemd: $INIT"
-  [[ $LOWER =~ ^/[A-Za-z0-9._/-]*$ && -d $LOWER ]] || die "LAMINA_LAB_LOWER must be a directory, path of [A-Za-z0-9._/-]: $LOWER"
+  [ -n "$LOWERS" ] || LOWERS=$(for _ in $(seq "$N"); do printf '%s ' "$LOWER"; done)
+  LOWERS=$(echo $LOWERS)  # one space between, none around
+  [ "$(wc -w <<< "$LOWERS")" = "$N" ] || die "LAMINA_LAB_LOWERS must name one lower dir per host ($N): $LOWERS"
+  for LOWER in $LOWERS; do
+    [[ $LOWER =~ ^/[A-Za-z0-9._/-]*$ && -d $LOWER ]] || die "a lower dir must be a directory, path of [A-Za-z0-9._/-]: $LOWER"
+    if [ "$INIT" = systemd ]; then
+      [ -x "$LOWER/lib/systemd/systemd" ] || die "no $LOWER/lib/systemd/systemd: install systemd for --init systemd"
+    fi
+  done
   [ -n "$DISKS" ] || { if [ "$INIT" = systemd ]; then DISKS=persistent; else DISKS=tmpfs; fi; }
   [[ $DISKS == tmpfs || $DISKS == persistent ]] || die "LAMINA_LAB_DISKS must be tmpfs or persistent: $DISKS"
   [[ $DISKS_DIR =~ ^/[A-Za-z0-9._/-]*[A-Za-z0-9._-]$ && $DISKS_DIR != *..* ]] ||
     die "LAMINA_LAB_DISKS_DIR must be an absolute path of [A-Za-z0-9._/-]: $DISKS_DIR"
   [[ $BOOT_TIMEOUT =~ ^[1-9][0-9]{0,3}$ ]] || die "LAMINA_LAB_BOOT_TIMEOUT must be seconds (1-9999): $BOOT_TIMEOUT"
   if [ "$INIT" = systemd ]; then
-    [ -x "$LOWER/lib/systemd/systemd" ] || die "no $LOWER/lib/systemd/systemd: install systemd for --init systemd"
     cgroot >/dev/null || die "--init systemd needs a cgroup2 hierarchy (/sys/fs/cgroup or /sys/fs/cgroup/unified)"
   fi
 }
@@ -98,6 +107,16 @@ install_host() {  # first boot of a host's disk (every boot with tmpfs disks): a
   chmod 700 "$R/root"
   cp "$R/usr/share/base-files/dot.bashrc" "$R/root/.bashrc" 2>/dev/null || :
   cp "$R/usr/share/base-files/dot.profile" "$R/root/.profile" 2>/dev/null || :
+  # non-root logins (lamina.lab.USERS), with the lab's key like root (one AuthorizedKeysFile):
+  # lamina may sudo without a password, lampw with the lab's password, nosudo not at all
+  local u
+  # (password "*": no password login, but not "!", a locked account sshd refuses without PAM)
+  for u in lamina lampw nosudo; do chroot "$R" useradd --create-home --shell /bin/sh --password '*' "$u"; done
+  printf 'lampw:%s\n' "$(cat "$LAB/sudo_password")" | chroot "$R" chpasswd
+  if [ -d "$R/etc/sudoers.d" ]; then
+    printf '%s\n' "lamina ALL=(ALL:ALL) NOPASSWD: ALL" "lampw ALL=(ALL:ALL) ALL" > "$R/etc/sudoers.d/lamina-lab"
+    chmod 440 "$R/etc/sudoers.d/lamina-lab"
+  fi
   [ "$INIT" = systemd ] || return 0
   # its own machine-id (journal, D-Bus), not the machine's; its presence also means "not the
   # first boot" to systemd (no systemd-firstboot)
@@ -132,20 +151,17 @@ hostinit() {  # PID 1 of the host's pid ns, already inside its netns + private m
   mount --bind "$R/proc/sys" "$R/proc/sys"; mount -o remount,bind,ro "$R/proc/sys"
   mount --bind "$R/proc/sys/net" "$R/proc/sys/net"; mount -o remount,bind,rw "$R/proc/sys/net"
   mount -t sysfs -o ro sysfs "$R/sys"
-  if [ "$INIT" = systemd ]; then
-    # a private /dev, as container managers make: with the machine's, logind takes its virtual
-    # terminals (/dev/tty0), journald writes to its kernel log (/dev/kmsg), getty runs on tty1
-    mount -t tmpfs -o mode=755,size=1m,nosuid lab-dev "$R/dev"
-    mknod -m 666 "$R/dev/null" c 1 3; mknod -m 666 "$R/dev/zero" c 1 5; mknod -m 666 "$R/dev/full" c 1 7
-    mknod -m 666 "$R/dev/random" c 1 8; mknod -m 666 "$R/dev/urandom" c 1 9; mknod -m 666 "$R/dev/tty" c 5 0
-    mknod -m 666 "$R/dev/fuse" c 10 229; mkdir "$R/dev/net"; mknod -m 666 "$R/dev/net/tun" c 10 200
-    mknod -m 600 "$R/dev/console" c 1 3   # a console that is /dev/null: systemd's boot messages
-    mkdir "$R/dev/pts" "$R/dev/shm"; ln -s pts/ptmx "$R/dev/ptmx"   # ptys for ssh sessions
-    mount -t devpts -o newinstance,ptmxmode=0666,mode=620,gid=5 devpts "$R/dev/pts"
-    ln -s /proc/self/fd "$R/dev/fd"; ln -s fd/0 "$R/dev/stdin"; ln -s fd/1 "$R/dev/stdout"; ln -s fd/2 "$R/dev/stderr"
-  else
-    mount --rbind /dev "$R/dev"; mount --make-rprivate "$R/dev"
-  fi
+  # a private /dev, as container managers make: with the machine's, logind takes its virtual
+  # terminals (/dev/tty0), journald writes to its kernel log (/dev/kmsg), getty runs on tty1;
+  # and the host's users get a /dev/null they can write to, whatever the machine's has become
+  mount -t tmpfs -o mode=755,size=1m,nosuid lab-dev "$R/dev"
+  mknod -m 666 "$R/dev/null" c 1 3; mknod -m 666 "$R/dev/zero" c 1 5; mknod -m 666 "$R/dev/full" c 1 7
+  mknod -m 666 "$R/dev/random" c 1 8; mknod -m 666 "$R/dev/urandom" c 1 9; mknod -m 666 "$R/dev/tty" c 5 0
+  mknod -m 666 "$R/dev/fuse" c 10 229; mkdir "$R/dev/net"; mknod -m 666 "$R/dev/net/tun" c 10 200
+  mknod -m 600 "$R/dev/console" c 1 3   # a console that is /dev/null: systemd's boot messages
+  mkdir "$R/dev/pts" "$R/dev/shm"; ln -s pts/ptmx "$R/dev/ptmx"   # ptys for ssh sessions
+  mount -t devpts -o newinstance,ptmxmode=0666,mode=620,gid=5 devpts "$R/dev/pts"
+  ln -s /proc/self/fd "$R/dev/fd"; ln -s fd/0 "$R/dev/stdin"; ln -s fd/1 "$R/dev/stdout"; ln -s fd/2 "$R/dev/stderr"
   mount -t tmpfs -o mode=1777 shm "$R/dev/shm"
   mount -t tmpfs -o mode=1777 tmp "$R/tmp"
   mount -t tmpfs -o mode=755 run "$R/run"
@@ -261,9 +277,12 @@ prepare_disks() {  # this lab's persistent disks, empty (sets DD)
   done
 }
 
+lower_of() { cut -d' ' -f"$1" <<< "$LOWERS"; }   # host I's lower dir
+
 HOSTPID=
 start_host() {  # I: host $P$I's network, then its PID 1 (sets HOSTPID: unshare, whose child it is)
-  local i=$1 name=$P$1 ip=$NET.$(($1 + 10)) S=$LAB/hosts/$P$1 CG='' cgopt='' hd='' mac
+  local i=$1 name=$P$1 ip=$NET.$(($1 + 10)) S=$LAB/hosts/$P$1 CG='' cgopt='' hd='' mac LOWER
+  LOWER=$(lower_of "$1")
   # a fixed MAC (02:00 + the IP), kept across reboots like a real card's: with a new random one
   # the machine's ARP cache points at the old card for seconds after a reboot
   # shellcheck disable=SC2086  # the four octets as four arguments
@@ -313,7 +332,7 @@ wait_host() {
 }
 
 write_conf() {
-  printf '%s\n' "$P" "net=$NET" "init=$INIT" "disks=$DISKS" "diskdir=$DD" "lower=$LOWER" > "$LAB/$MARK"
+  printf '%s\n' "$P" "net=$NET" "init=$INIT" "disks=$DISKS" "diskdir=$DD" "lowers=$LOWERS" > "$LAB/$MARK"
 }
 
 up() {
@@ -331,6 +350,7 @@ up() {
   mkdir -p "$LAB/hosts"; chmod 700 "$LAB" "$LAB/hosts"; write_conf   # the marker first: down works
   [ "$DISKS" = tmpfs ] || prepare_disks
   ssh-keygen -q -t ed25519 -N '' -C lamina-lab-client -f "$LAB/id_ed25519"
+  (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$LAB/sudo_password")
   cp "$LAB/id_ed25519.pub" "$LAB/authorized_keys"; : > "$LAB/known_hosts"; : > "$LAB/hosts.lab"
   # ControlPath only (no ControlMaster): testinfra turns masters on itself. A master started here
   # would inherit the lock fd and make the next up/down wait forever.
@@ -366,12 +386,13 @@ up() {
     echo "  $name $NET.$((10+i)) up$(cat "$LAB/hosts/$name/boot")"; rm -f "$LAB/hosts/$name/boot"
   done
   # hosts.json: what lamina.lab reads (names and values are validated: no JSON escaping needed)
-  { printf '{"prefix": "%s", "net": "%s", "bridge": "%s", "init": "%s", "lower": "%s", "disks": "%s", "disks_dir": "%s", "hosts": [' \
-      "$P" "$NET" "$BR" "$INIT" "$LOWER" "$DISKS" "$DD"
+  { printf '{"prefix": "%s", "net": "%s", "bridge": "%s", "init": "%s", "disks": "%s", "disks_dir": "%s", "hosts": [' \
+      "$P" "$NET" "$BR" "$INIT" "$DISKS" "$DD"
     i=0; for pid in "${hostpids[@]}"; do i=$((i+1))
       t=$(cut -d' ' -f1 "/proc/$pid/task/$pid/children" 2>/dev/null || :)
       [ "$i" = 1 ] || printf ', '
-      printf '\n  {"name": "%s", "address": "%s", "pid": %s}' "$P$i" "$NET.$((10+i))" "${t:-$pid}"
+      printf '\n  {"name": "%s", "address": "%s", "pid": %s, "lower": "%s"}' "$P$i" "$NET.$((10+i))" "${t:-$pid}" \
+        "$(lower_of "$i")"
     done; printf '\n]}\n'; } > "$LAB/hosts.json.tmp"
   mv "$LAB/hosts.json.tmp" "$LAB/hosts.json"
 }
@@ -437,8 +458,9 @@ reboot_host() {
 load_conf() {  # the settings this lab was started with (reboot): not today's environment
   [ -s "$LAB/$MARK" ] || die "the lab in $LAB is down: start it with \`lamina lab up\`"
   P=$(head -n 1 "$LAB/$MARK"); BR=${P}br
-  NET=$(conf net); INIT=$(conf init); DISKS=$(conf disks); DD=$(conf diskdir); LOWER=$(conf lower)
-  [[ -n $NET && -n $INIT && -n $DISKS && -n $LOWER ]] ||
+  NET=$(conf net); INIT=$(conf init); DISKS=$(conf disks); DD=$(conf diskdir); LOWERS=$(conf lowers)
+  N=$(wc -w <<< "$LOWERS")
+  [[ -n $NET && -n $INIT && -n $DISKS && -n $LOWERS ]] ||
     die "$LAB was started by an older lamina: restart it (lamina lab up)"
   [ "$DISKS" = tmpfs ] || DISKS_DIR=${DD%/*}
 }

@@ -272,6 +272,10 @@ def _quick(connections, specs: Sequence[str], *, apply: bool,
     report, todo, rest = Report({n: HostReport(n) for n in chosen}), {}, {}
     for name in chosen:
         out = outcomes[name]
+        refused = _sudo_refused(out.stderr) if not out.ok else None
+        if refused:  # pyinfra would only ask for a password (or fail the same way)
+            report.fail(name, refused)
+            continue
         if not out.ok:
             rest[name] = plans[name]
             continue
@@ -292,6 +296,16 @@ def _quick(connections, specs: Sequence[str], *, apply: bool,
             report.fail(name, "; ".join(result.errors))
     entry.save()
     return report, todo, rest
+
+
+def _sudo_refused(stderr: str) -> str | None:
+    """The one-line error when sudo would not run lamina's command (no rights, or a password
+    it may not ask for), else None."""
+    for line in stderr.splitlines():
+        if line.startswith("sudo:"):
+            return (f"{line.strip()} (lamina runs `sudo -n`: the user needs sudo without a password here, or"
+                    " give pyinfra's _sudo_password in the inventory)")
+    return None
 
 
 def _converge(connections, plans: dict[str, HostPlan], report: Report, lock_timeout: float) -> None:
@@ -354,13 +368,18 @@ def _run_pyinfra(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo
         report, state = s.report, s.state
         if not s.active:
             return report
-        results = add_op(state, converge, plans=s.plans, record=report.record, lock_timeout=lock_timeout,
-                         name="lamina: converge")
+        try:
+            results = add_op(state, converge, plans=s.plans, record=report.record, lock_timeout=lock_timeout,
+                             name="lamina: converge")
+            if apply:
+                try:
+                    run_ops(state)
+                except PyinfraError:
+                    pass  # all hosts failed; each is reported below
+        except EOFError:  # pyinfra's getpass with no terminal: only facts were read so far
+            raise LaminaError("sudo asked for a password and there is no terminal to type it in: give it as"
+                              " _sudo_password in the inventory, or allow sudo without a password") from None
         if apply:
-            try:
-                run_ops(state)
-            except PyinfraError:
-                pass  # all hosts failed; each is reported below
             for h, meta in results.items():
                 if h in state.failed_hosts and h.name not in {r.name for r in report.failed}:
                     lines = meta.stderr_lines if meta.is_complete() else []
@@ -378,7 +397,7 @@ def _run_pyinfra(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo
 def inspect(inventory_path: str, specs: Sequence[str], container: str, *, sudo: bool = False,
             limit: Sequence[str] = ()) -> list[dict[str, Any]]:
     """`docker inspect`-like records of one container, one per host that has it in its spec."""
-    from .diff import Host
+    from .diff import Host, mount_form
 
     report = run(inventory_path, specs, apply=False, sudo=sudo, limit=limit)
     out = []
@@ -409,7 +428,7 @@ def inspect(inventory_path: str, specs: Sequence[str], container: str, *, sudo: 
                 "LowerDir": ":".join(lower.paths) if lower else None,
                 "UpperDir": want.upper, "WorkDir": want.work, "MergedDir": want.target,
             }},
-            "MountForm": ("lowerdir= of short links, mounted from " + lower.cwd) if lower else None,
+            "MountForm": mount_form(lower, h.actual) if lower else None,
             "RootFS": {"Type": "layers", "Layers": [f"sha256:{d}" if d else None for d in digests]},
             "Mounts": [_mount_record(i, want.target) for i in inner],
         })

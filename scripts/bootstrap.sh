@@ -7,7 +7,9 @@ top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 need_apt=()
 # openssl: hosts hash layers with it when they have it (the tests check both ways)
-for pair in sshd:openssh-server ssh:openssh-client ip:iproute2 unshare:util-linux openssl:openssl; do
+# sudo: the test hosts' non-root users; debootstrap: test hosts of another Debian userland
+for pair in sshd:openssh-server ssh:openssh-client ip:iproute2 unshare:util-linux openssl:openssl sudo:sudo \
+    debootstrap:debootstrap; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need_apt+=("${pair#*:}")
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)

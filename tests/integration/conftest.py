@@ -6,7 +6,7 @@ hosts tlab1..tlab3 on 10.231.0.0/24), separate from a user's demo lab, and takes
 end. It sets LAMINA_LAB_DIR/PREFIX/NET (and PYTHONPATH to this checkout) in os.environ for the
 session, so ``lamina``, ``pyinfra <lab.inventory>`` and testinfra subprocesses use the test lab.
 
-A test that takes the lab down or restarts it must leave it up again (``lamina.lab.up(3)``):
+A test that takes the lab down or restarts it must leave it up again (``lamina.lab.up()``):
 other test modules share it. Restarting gives new keys, so re-read files, don't cache keys.
 """
 
@@ -22,11 +22,16 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+# A mixed fleet: two hosts of this machine's userland (Debian bookworm: util-linux 2.38, OpenSSH
+# 9.2) and one of Debian trixie (util-linux 2.41 and the new mount API, OpenSSH 10, no python3),
+# so that every integration test runs on both.
+FLEET = "bookworm:2,trixie:1"
 N_HOSTS = 3
 TEST_LAB_ENV = {
     "LAMINA_LAB_DIR": "/run/lamina/testlab",
     "LAMINA_LAB_PREFIX": "tlab",
     "LAMINA_LAB_NET": "10.231.0",
+    "LAMINA_LAB_HOSTS": FLEET,
 }
 
 
@@ -110,7 +115,7 @@ def lab():
 
     try:
         try:
-            started = labmod.up(N_HOSTS)  # also clears leftovers of an earlier, aborted session
+            started = labmod.up()  # the FLEET; also clears leftovers of an earlier, aborted session
         except labmod.LabError as e:
             pytest.fail(f"cannot start the test lab: {e}", pytrace=False)
         yield Lab(
@@ -245,7 +250,7 @@ def systemd_lab():
     try:
         with slab.active():  # not around the yield: os.environ stays the session's meanwhile
             try:
-                started = labmod.up(2, init="systemd", disks="persistent")
+                started = labmod.up(init="systemd", disks="persistent", userlands=["bookworm", "trixie"])
             except labmod.LabError as e:
                 pytest.fail(f"cannot start the systemd test lab: {e}", pytrace=False)
             slab.hosts = [h.name for h in started]

@@ -52,6 +52,19 @@ def hosts(lab, demo_rootfs):
     return lab
 
 
+USERLANDS = ("bookworm", "trixie")  # conftest.FLEET
+
+
+def on(hosts: list[str], userland: str) -> str:
+    """The first of `hosts` whose userland (lamina lab's lower dir) is `userland`."""
+    from lamina import lab as labmod
+
+    for h in hosts:
+        if (labmod.host(h).lower == "/") == (userland == "bookworm"):
+            return h
+    raise AssertionError(f"no {userland} host among {hosts}")
+
+
 def changes(lab, *args: str, cmd: str = "apply", spec: Path | None = None) -> dict:
     out = lamina(cmd, "-i", str(lab.inventory), *([str(spec)] if spec else []), "--json", *args)
     return json.loads(out.stdout)["hosts"]

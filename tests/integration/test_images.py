@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_engine import CLEAN, DEMO, REPO, changed_objects, changes, demo_copy, lamina
+from test_engine import CLEAN, DEMO, REPO, USERLANDS, changed_objects, changes, demo_copy, lamina, on
 
 from lamina.materialize import command
 
@@ -93,10 +93,11 @@ def deep_spec(tmp_path: Path, n: int) -> Path:
     return spec
 
 
+@pytest.mark.parametrize("userland", USERLANDS)
 @pytest.mark.parametrize("n", [128, 500])
-def test_deep_stack_mounts_and_verifies(hosts, tmp_path, n):
+def test_deep_stack_mounts_and_verifies(hosts, tmp_path, n, userland):
     lab = hosts
-    h = lab.hosts[0]
+    h = on(lab.hosts, userland)
     spec = deep_spec(tmp_path, n)
     lamina("apply", "-i", str(lab.inventory), str(spec), "--limit", h)
     merged = f"{C}/deep/merged"

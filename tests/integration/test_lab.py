@@ -370,7 +370,7 @@ def test_systemd_lab_down_removes_disks_and_mounts(systemd_lab):
 # Destructive: keep it last in this file, and leave the lab up as the fixture made it.
 def test_up_is_idempotent_and_down_is_clean(lab, capfd):
     try:
-        hosts = labmod.up(3)  # lab already up: restarts it from scratch
+        hosts = labmod.up()  # lab already up (the FLEET of $LAMINA_LAB_HOSTS): restarts it from scratch
         assert [h.name for h in hosts] == lab.hosts
         assert _netns_of_lab() == lab.hosts
         assert all(_ok(lab.run(h, "hostname")) == h for h in lab.hosts)
@@ -389,5 +389,5 @@ def test_up_is_idempotent_and_down_is_clean(lab, capfd):
         assert "down" in capfd.readouterr().err
         labmod.down()  # down on a downed lab
     finally:
-        labmod.up(3)
+        labmod.up()
     assert [r["sshd"] for r in labmod.status()] == ["yes"] * 3

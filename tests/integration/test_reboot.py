@@ -8,7 +8,8 @@ import json
 import subprocess
 import sys
 
-from test_engine import CLEAN, DEMO, REPO
+import pytest
+from test_engine import CLEAN, DEMO, REPO, USERLANDS, on
 
 
 def lamina_in(slab, *args: str, check: int | None = 0) -> subprocess.CompletedProcess:
@@ -26,9 +27,11 @@ def lamina_mounts(slab, host: str) -> list[str]:
     return out.stdout.split()
 
 
-def test_mounts_come_back_after_reboot(systemd_lab, demo_rootfs):
+@pytest.mark.parametrize("userland", USERLANDS)
+def test_mounts_come_back_after_reboot(systemd_lab, demo_rootfs, userland):
     slab = systemd_lab
-    h = slab.hosts[0]
+    with slab.active():  # its lab's hosts.json says which is which
+        h = on(slab.hosts, userland)
     assert slab.run(h, CLEAN).returncode == 0
     inv = str(slab.inventory)
     lamina_in(slab, "apply", "-i", inv, str(DEMO), "--limit", h)

@@ -7,15 +7,15 @@ import os
 import textwrap
 
 import pytest
-from test_engine import CLEAN, changed_objects, changes, lamina
+from test_engine import CLEAN, USERLANDS, changed_objects, changes, lamina, on
 
 C = "/var/lib/lamina/containers"
 V = "/var/lib/lamina/volumes"
 
 
-@pytest.fixture
-def host(lab, demo_rootfs, tmp_path):
-    h = lab.hosts[0]
+@pytest.fixture(params=USERLANDS)
+def host(lab, demo_rootfs, tmp_path, request):
+    h = on(lab.hosts, request.param)
     assert lab.run(h, CLEAN).returncode == 0
     (tmp_path / "files").symlink_to(demo_rootfs.parent)
     spec = tmp_path / "spec.yml"
