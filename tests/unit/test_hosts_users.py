@@ -1,0 +1,46 @@
+"""Pure parts of the mixed fleet and non-root hosts: fleet specs, the user the commands ran as,
+sudo refusals, and how an overlay is mounted per util-linux version."""
+
+from __future__ import annotations
+
+import pytest
+
+from lamina import diff, facts, lab, runner
+from lamina.plan import HostPlan
+
+
+def test_a_fleet_spec_is_one_userland_per_host():
+    assert lab.fleet("bookworm:2,trixie:1") == ["bookworm", "bookworm", "trixie"]
+    assert lab.fleet("trixie") == ["trixie"]
+    for bad in ("bookworm:0", "Bookworm:1", "trixie:x", "../etc:1", "bookworm:1,,trixie:1", "a:99,b:1"):
+        with pytest.raises(lab.LabError):
+            lab.fleet(bad)
+
+
+def test_the_fact_reads_the_user_and_a_non_root_user_is_one_clear_error():
+    out = ["@@lamina-user", "1001", "lamina", "@@lamina-end"]
+    state = facts.parse(out)
+    assert state.user == (1001, "lamina")
+    result = diff.diff(HostPlan("/var/lib/lamina", ()), state)
+    assert not result.changes and result.errors == [
+        "the commands run as lamina (uid 1001), not root: lamina mounts and owns root-only state; connect as root"
+        " or use --sudo (pyinfra: _sudo)"]
+    root = facts.parse(["@@lamina-user", "0", "root", "@@lamina-end"])
+    assert root.user == (0, "root") and not diff.diff(HostPlan("/var/lib/lamina", ()), root).errors
+    assert "id -u" in facts.command(HostPlan("/var/lib/lamina", ()))
+
+
+def test_a_sudo_refusal_is_reported_not_retried():
+    assert runner._sudo_refused("sudo: a password is required\n").startswith("sudo: a password is required (")
+    assert runner._sudo_refused("lamina is not in the sudoers file.\nsudo: 1 incorrect password attempt\n")
+    assert runner._sudo_refused("ssh: connect to host 10.0.0.1 port 22: No route to host\n") is None
+
+
+@pytest.mark.parametrize(("util_linux", "legacy"), [((2, 38, 1), False), ((2, 39), True), ((2, 41, 5), True)])
+def test_a_lower_stack_over_255_bytes_uses_mount2_from_util_linux_2_39(util_linux, legacy):
+    long = diff.Lower(tuple(f"/srv/lower-{i:03d}" for i in range(30)), ":".join(f"/srv/lower-{i:03d}" for i in range(30)))
+    short = diff.Lower(("/srv/a",), "/srv/a")
+    state = facts.HostState(util_linux=util_linux)
+    assert diff.legacy_mount(long, state) == legacy
+    assert not diff.legacy_mount(short, state)
+    assert ("LIBMOUNT_FORCE_MOUNT2=always" in diff.mount_form(long, state)) == legacy
