@@ -47,15 +47,19 @@ def holder() -> str:
             f"since {time.strftime('%Y-%m-%d %H:%M:%S')}")
 
 
-def command(timeout: float, sudo: bool) -> str:
+def command(timeout: float, sudo: bool, password_on_stdin: bool = False) -> str:
     """The remote command that takes the lock: it prints `locked`, then holds the lock
-    until its stdin closes (the connection going away closes it too)."""
+    until its stdin closes (the connection going away closes it too). With
+    `password_on_stdin`, sudo reads its password as the first line of stdin."""
     cmd = " ".join(["sh", "-c", shlex.quote(SCRIPT), "lamina-lock",
                     *map(shlex.quote, (LOCK_DIR, str(int(timeout)), holder()))])
-    return f"sudo -n -H {cmd}" if sudo else cmd
+    if not sudo:
+        return cmd
+    return f"sudo -S -p '' -H {cmd}" if password_on_stdin else f"sudo -n -H {cmd}"
 
 
 def busy(reply: str, stderr: str, timeout: float) -> str:
     """The user's message when the lock was not taken."""
-    detail = reply.removeprefix("busy ") if reply.startswith("busy ") else (stderr.strip() or "no answer")
-    return f"locked by {detail}; gave up after {int(timeout)} s (--lock-timeout)"
+    if reply.startswith("busy "):
+        return f"locked by {reply.removeprefix('busy ')}; gave up after {int(timeout)} s (--lock-timeout)"
+    return f"could not take the host's lock: {'; '.join(stderr.strip().splitlines()) or 'no answer'}"

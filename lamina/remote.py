@@ -67,8 +67,11 @@ class PyinfraHost:
         client = getattr(self.host.connector, "client", None)
         if client is None:  # not an SSH host (e.g. @local): no channel to hold the lock open with
             return
+        password = self.args.get("_sudo_password") if self.sudo else None
         held = client.get_transport().open_session()
-        held.exec_command(lock.command(timeout, self.sudo))
+        held.exec_command(lock.command(timeout, self.sudo, password_on_stdin=bool(password)))
+        if password:
+            held.sendall(f"{password}\n".encode())
         reply = held.makefile("r").readline().strip()
         if reply != "locked":
             held.close()
