@@ -17,7 +17,7 @@ import textwrap
 import time
 from collections import Counter
 
-from test_engine import CLEAN, REPO, changed_objects, changes
+from test_engine import CLEAN, REPO, as_test_user, changed_objects, changes
 
 from lamina.materialize import command
 
@@ -64,9 +64,9 @@ def test_killed_applies_always_converge_and_lose_nothing(lab, demo_rootfs, tmp_p
                    f"echo {trial} >> {C}/two/merged/data/log")
         before = lab.run(h, SUMS).stdout
         spec = spec_for(tmp_path, trial)
-        proc = subprocess.Popen([sys.executable, "-m", "lamina.cli", "apply", "-i", str(lab.inventory), str(spec),
-                                 "--limit", h], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        args, env = as_test_user(("apply", "-i", str(lab.inventory), str(spec), "--limit", h), None)
+        proc = subprocess.Popen([sys.executable, "-m", "lamina.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **env})
         delay = rng.uniform(0.2, 2.2)  # an apply of this spec takes about 2 s here
         time.sleep(delay)
         finished = proc.poll() is not None

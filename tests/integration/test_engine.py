@@ -27,9 +27,27 @@ echo only-low1 > /srv/demo/low1/f1.txt
 """
 
 
+# LAMINA_TEST_USER=lamina: every lamina command that works on hosts logs in as that lab user and
+# goes through sudo (scripts/test.sh runs the integration tests once more that way).
+TEST_USER = os.environ.get("LAMINA_TEST_USER")
+HOST_COMMANDS = frozenset({"plan", "apply", "verify", "inspect", "diff", "commit", "cp", "reset", "volume", "gc",
+                           "export"})
+
+
+def as_test_user(args: tuple[str, ...], env: dict[str, str] | None) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The command line and environment of a lamina command, as LAMINA_TEST_USER when set."""
+    env = dict(env or {})
+    if TEST_USER and args and args[0] in HOST_COMMANDS and "LAMINA_LAB_USER" not in env:
+        env["LAMINA_LAB_USER"] = TEST_USER
+        if "--sudo" not in args:
+            args = (*args, "--sudo")
+    return args, env
+
+
 def lamina(*args: str, check: int | None = 0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    args, env = as_test_user(args, env)
     out = subprocess.run([sys.executable, "-m", "lamina.cli", *args], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, **env} if env else None)
+                         timeout=300, env={**os.environ, **env})
     if check is not None:
         assert out.returncode == check, f"exit {out.returncode}\n{out.stdout}\n{out.stderr}"
     return out

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_engine import CLEAN, DEMO, REPO, USERLANDS, changed_objects, changes, demo_copy, lamina, on
+from test_engine import CLEAN, DEMO, REPO, USERLANDS, as_test_user, changed_objects, changes, demo_copy, lamina, on
 
 from lamina.materialize import command
 
@@ -127,9 +127,9 @@ def test_killed_while_shipping_then_rerun_converges(hosts, tmp_path):
     spec.write_text("images:\n  big:\n    steps:\n      - copy: {src: big, dest: /data}\n"
                     "containers:\n  big: {image: big}\n")
     lamina("plan", "-i", str(lab.inventory), str(spec), "--limit", h)  # builds the layer tar (cached)
-    proc = subprocess.Popen([sys.executable, "-m", "lamina.cli", "apply", "-i", str(lab.inventory), str(spec),
-                             "--limit", h], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    args, env = as_test_user(("apply", "-i", str(lab.inventory), str(spec), "--limit", h), None)
+    proc = subprocess.Popen([sys.executable, "-m", "lamina.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True, env={**os.environ, **env})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if lab.run(h, "ls /var/lib/lamina/staging 2>/dev/null").stdout.strip():

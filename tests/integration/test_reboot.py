@@ -9,14 +9,15 @@ import subprocess
 import sys
 
 import pytest
-from test_engine import CLEAN, DEMO, REPO, USERLANDS, on
+from test_engine import CLEAN, DEMO, REPO, USERLANDS, as_test_user, on
 
 
 def lamina_in(slab, *args: str, check: int | None = 0) -> subprocess.CompletedProcess:
     import os
 
+    args, env = as_test_user(args, slab.env)
     out = subprocess.run([sys.executable, "-m", "lamina.cli", *args], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, **slab.env})
+                         timeout=300, env={**os.environ, **env})
     if check is not None:
         assert out.returncode == check, f"exit {out.returncode}\n{out.stdout}\n{out.stderr}"
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_engine import CLEAN, REPO, changed_objects, changes, lamina
+from test_engine import CLEAN, REPO, as_test_user, changed_objects, changes, lamina
 
 
 @pytest.fixture
@@ -40,8 +41,10 @@ def test_two_applies_at_once_never_interleave(hosts, tmp_path, demo_rootfs):
     lab = hosts
     h = lab.hosts[0]
     spec = slow_spec(tmp_path, demo_rootfs)
-    cmd = [sys.executable, "-m", "lamina.cli", "apply", "-i", str(lab.inventory), str(spec), "--limit", h, "--json"]
-    runs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args, env = as_test_user(("apply", "-i", str(lab.inventory), str(spec), "--limit", h, "--json"), None)
+    cmd = [sys.executable, "-m", "lamina.cli", *args]
+    runs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, **env})
             for _ in range(2)]
     outs = [r.communicate(timeout=120) for r in runs]
     assert [r.returncode for r in runs] == [0, 0], outs
