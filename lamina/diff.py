@@ -18,7 +18,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from . import MAX_MOUNT_DATA, PROTECTED
-from .facts import HostState, MountEntry
+from .facts import IMAGE_TOOLS, HostState, MountEntry
 from .images import LayerRef
 from .lock import BUSY
 from .plan import Dir, HostPlan, Item, MountWant, depth
@@ -410,6 +410,10 @@ def diff(plan: HostPlan, actual: HostState, replaced: frozenset[str] = frozenset
         uid, name = actual.user
         return Result(errors=[f"the commands run as {name} (uid {uid}), not root: lamina mounts and owns root-only"
                               " state; connect as root or use --sudo (pyinfra: _sudo)"])
+    lacking = [t for t in actual.missing if t not in IMAGE_TOOLS or plan.images or plan.gc]
+    if lacking:
+        return Result(errors=[f"this host has no {', '.join(lacking)}: lamina needs POSIX sh, coreutils and"
+                              " util-linux (and GNU tar for images); install them"])
     run = _Run(plan, actual, replaced)
     if plan.gc:  # garbage collection only: nothing else of the plan is applied
         run.result.changes = _garbage(run.host)

@@ -97,12 +97,19 @@ class PathInfo:
         return self.type == "directory"
 
 
+# Commands of coreutils, util-linux and GNU tar that lamina's host scripts run (by package);
+# layers need tar, sha256sum and mkfifo only when the plan has images.
+TOOLS = ("stat", "readlink", "mkdir", "mount", "umount", "mountpoint", "flock", "tar", "sha256sum", "mkfifo")
+IMAGE_TOOLS = frozenset({"tar", "sha256sum", "mkfifo"})
+
+
 @dataclass(frozen=True)
 class HostState:
     mounts: tuple[MountEntry, ...] = ()
     paths: dict[str, PathInfo] = field(default_factory=dict)
     util_linux: tuple[int, ...] = ()
     user: tuple[int, str] | None = None  # (uid, name) the commands run as; None: not read
+    missing: tuple[str, ...] = ()  # of TOOLS, the commands this host does not have
     files: dict[str, str] = field(default_factory=dict)  # managed small files' content
     layers: frozenset[str] = frozenset()  # hex digests in <state_dir>/layers
     links: dict[str, str] = field(default_factory=dict)  # short link name → its target
@@ -168,6 +175,8 @@ def command(plan: HostPlan) -> str:
         f"echo {MARK}-mountinfo; cat /proc/self/mountinfo",
         f"echo {MARK}-util-linux; mount -V 2>&1 | head -n 1",
         f"echo {MARK}-user; id -u; id -un",
+        # what lamina's scripts use beyond POSIX sh: a host without one is told so, not half-changed
+        f"echo {MARK}-missing; for c in {' '.join(TOOLS)}; do command -v \"$c\" >/dev/null 2>&1 || echo \"$c\"; done",
         # the paths once, as "$@"; then two processes for all of them (a fork per path costs ~5 ms)
         *assignments,
         f"set -- {' '.join(words[:len(paths)])}",
@@ -259,5 +268,6 @@ def parse(lines: Sequence[str]) -> HostState:
         paths=paths,
         util_linux=tuple(int(g) for g in version.groups() if g) if version else (),
         user=_user(sections.get("user", [])),
+        missing=tuple(x.strip() for x in sections.get("missing", []) if x.strip()),
         files=files,
     )

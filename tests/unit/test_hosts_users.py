@@ -44,3 +44,28 @@ def test_a_lower_stack_over_255_bytes_uses_mount2_from_util_linux_2_39(util_linu
     assert diff.legacy_mount(long, state) == legacy
     assert not diff.legacy_mount(short, state)
     assert ("LIBMOUNT_FORCE_MOUNT2=always" in diff.mount_form(long, state)) == legacy
+
+
+def test_a_host_without_a_needed_command_is_told_which(tmp_path):
+    """The fact's `command -v` loop run by a real sh with a PATH lacking flock and tar: the
+    host is refused with their names; tar matters only to specs with images."""
+    import shutil
+    import subprocess
+
+    from lamina.images import ImagePlan
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in set(facts.TOOLS) - {"flock", "tar"}:
+        (bin_dir / tool).symlink_to(shutil.which(tool) or "/bin/true")
+    line = next(x for x in facts.command(HostPlan("/var/lib/lamina", ())).splitlines() if "-missing" in x)
+    out = subprocess.run(["/bin/sh", "-c", line + "; echo @@lamina-end"], capture_output=True, text=True,
+                         env={"PATH": str(bin_dir)}, check=True).stdout
+    state = facts.parse(out.splitlines())
+    assert state.missing == ("flock", "tar")
+    plain = diff.diff(HostPlan("/var/lib/lamina", ()), state)
+    assert plain.errors == ["this host has no flock: lamina needs POSIX sh, coreutils and util-linux (and GNU tar"
+                            " for images); install them"]
+    with_images = diff.diff(HostPlan("/var/lib/lamina", (), {"app": ImagePlan("app", ())}), state)
+    assert "this host has no flock, tar:" in with_images.errors[0]
+    assert not diff.diff(HostPlan("/var/lib/lamina", ()), facts.parse(["@@lamina-missing", "@@lamina-end"])).errors
