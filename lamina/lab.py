@@ -1,5 +1,11 @@
-"""Test hosts on this machine: ``lamina lab up [-n N] [--init sshd|systemd] [--disks tmpfs|persistent]
-| down | reboot HOST | status | ssh HOST [CMD...]``.
+"""Test hosts on this machine: ``lamina lab up [-n N | --hosts bookworm:2,trixie:1] [--init sshd|systemd]
+[--disks tmpfs|persistent] | down | reboot HOST | status | ssh HOST [CMD...]``.
+
+``--hosts`` (default ``$LAMINA_LAB_HOSTS``) gives each host a Debian userland: the machine's own
+suite uses its root, any other a minbase tree made once with debootstrap in /var/cache/lamina-lab.
+Every host has the users lamina (sudo without a password), lampw (sudo with the password in
+``$LAMINA_LAB_DIR/sudo_password``) and nosudo besides root; ``LAMINA_LAB_USER`` makes
+``inventories/lab.py`` log in as one of them.
 
 Each lab host is a set of Linux namespaces with its own IP, copy-on-write root and sshd (see
 ``labhosts.sh`` beside this file, which does the real work as root). This module wraps it for the
@@ -456,7 +462,9 @@ def register(subparsers) -> None:
         "(host names, default lab), LAMINA_LAB_NET (default 10.203.0: hosts get .11, .12, ...), "
         "LAMINA_LAB_INIT and LAMINA_LAB_DISKS (defaults of up --init/--disks), LAMINA_LAB_DISKS_DIR "
         "(where persistent disks live, default /var/lib/lamina-lab), LAMINA_LAB_BOOT_TIMEOUT "
-        "(seconds systemd may take to boot a host, default 60). Needs root and openssh-server."
+        "(seconds systemd may take to boot a host, default 60), LAMINA_LAB_HOSTS (default of up --hosts), "
+        "LAMINA_LAB_MIRROR (Debian mirror for debootstrap), LAMINA_LAB_USER (the user inventories/lab.py logs "
+        "in as: root, lamina, lampw or nosudo). Needs root and openssh-server."
     )
     lab = subparsers.add_parser(
         "lab",
