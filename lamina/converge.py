@@ -43,8 +43,9 @@ def converge(remote: Remote, plan: HostPlan, record: Recorder, lock_timeout: flo
         # report what the first comparison could not see yet (boot files)
         seen = {c.key for c in first.changes}
         extra = [c for c in result.changes if c.key not in seen]
+        late = {c.key for c in extra}
         record(remote.name, plan, actual, diffing.Result(
-            first.changes + extra, [k for k in first.unchanged if k not in {c.key for c in extra}], first.errors))
+            first.changes + extra, [k for k in first.unchanged if k not in late], first.errors))
         if result.errors or result.materialize:
             raise Failed("; ".join(result.errors or [f"{m.ref.label}: still missing after shipping"
                                                      for m in result.materialize]))

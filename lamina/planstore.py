@@ -28,8 +28,6 @@ from typing import Any
 _noted: dict[str, Any] | None = None  # path → signature, while planning is recorded
 ENV = ("HOME", "LAMINA_CACHE_DIR", "LAMINA_IMAGES")
 STALE = 14 * 86400  # entries unused this long are removed
-
-
 SMALL = 256 << 10  # files up to this size are compared by content (a spec rewritten within one clock tick)
 
 
@@ -102,7 +100,7 @@ class Entry:
     """One stored planning: the plans, their fact commands, and for each host that was in
     sync, the digest of its fact output with the comparison's result. Comparing a plan with
     a host is a pure function of the two, so byte-identical output gives that same result
-    without parsing and comparing again."""
+    without comparing again."""
 
     key: str | None
     inputs: dict[str, Any]

@@ -362,7 +362,9 @@ def _run_pyinfra(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo
     from pyinfra.api.operation import add_op
     from pyinfra.api.operations import run_ops
 
+    from .channel import Done
     from .operations import converge
+    from .remote import message
 
     with session(inventory_path, specs, sudo=sudo, limit=limit, plans=plans, **flags) as s:
         report, state = s.report, s.state
@@ -376,7 +378,7 @@ def _run_pyinfra(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo
                     run_ops(state)
                 except PyinfraError:
                     pass  # all hosts failed; each is reported below
-        except EOFError:  # pyinfra's getpass with no terminal: only facts were read so far
+        except EOFError:  # pyinfra's getpass with no terminal: sudo wants a password it was not given
             raise LaminaError("sudo asked for a password and there is no terminal to type it in: give it as"
                               " _sudo_password in the inventory, or allow sudo without a password") from None
         if apply:
@@ -384,8 +386,7 @@ def _run_pyinfra(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo
                 if h in state.failed_hosts and h.name not in {r.name for r in report.failed}:
                     lines = meta.stderr_lines if meta.is_complete() else []
                     lines = [*getattr(h, "lamina_failures", []), *lines]
-                    stderr = "; ".join(line.strip().removeprefix("lamina: ") for line in lines if line.strip())
-                    report.fail(h.name, stderr or s.log.about(h.name))
+                    report.fail(h.name, message(Done(False, [], lines), s.log.about(h.name)))
         else:
             for h in s.hosts:
                 r = report.hosts.get(h.name)

@@ -86,6 +86,7 @@ class Connections:
         self.dir = tempfile.mkdtemp(prefix="lamina-ssh-")  # 0700: the control sockets are ours alone
         self.hosts, self.sudo = dict(hosts), sudo
         self.masters = {}
+        self.index = {name: n for n, name in enumerate(self.hosts)}  # control socket of each
         for n, (name, data) in enumerate(self.hosts.items()):
             master = argv(name, data, sudo, remote="", extra=self._control(n, "yes") + ("-N",))
             self.masters[name] = subprocess.Popen(master, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -116,7 +117,7 @@ class Connections:
 
     def argv(self, name: str, remote: str | None = None) -> list[str]:
         """`ssh` on the host's open connection: REMOTE, or (default) a script on stdin."""
-        n = list(self.hosts).index(name)
+        n = self.index[name]
         self._ready(name, n)
         return argv(name, self.hosts[name], self.sudo, remote=remote, extra=self._control(n, "no"))
 
