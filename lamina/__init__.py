@@ -1,7 +1,12 @@
 """lamina: Docker's storage model as idempotent infrastructure on plain Linux hosts."""
 
+from __future__ import annotations
+
 import os
-from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DEFAULT_STATE_DIR = "/var/lib/lamina"
 
@@ -13,9 +18,15 @@ MAX_MOUNT_DATA = 4000
 PROTECTED = ("/proc", "/sys", "/dev", "/boot")
 
 
-def cache_dir() -> Path:
+def cache_path() -> str:
     """$LAMINA_CACHE_DIR or ~/.cache/lamina, created mode 0700 (an existing dir is left as it is)."""
-    env = os.environ.get("LAMINA_CACHE_DIR")
-    path = Path(env) if env else Path.home() / ".cache" / "lamina"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = os.environ.get("LAMINA_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "lamina")
+    os.makedirs(path, mode=0o700, exist_ok=True)
     return path
+
+
+def cache_dir() -> Path:
+    """cache_path() as a Path (pathlib is imported here, not by every run)."""
+    from pathlib import Path
+
+    return Path(cache_path())

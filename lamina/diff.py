@@ -22,6 +22,7 @@ from .facts import IMAGE_TOOLS, HostState, MountEntry
 from .images import LayerRef
 from .lock import BUSY
 from .plan import Dir, HostPlan, Item, MountWant, depth
+from .report import Result
 
 # util-linux 2.39+ mounts through the new API, which rejects a lowerdir= value of
 # 256 bytes or more (util-linux#2287); the legacy mount(2) path takes up to a page.
@@ -45,19 +46,6 @@ class Materialize:
     ref: LayerRef
     digest: str | None = None  # known digest (relink, or a cached run layer to rebuild)
     damaged: bool = False  # the stored layer's content changed: move it aside first
-
-
-@dataclass
-class Result:
-    changes: list[Change] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    materialize: list[Materialize] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.changes)
 
 
 @dataclass(frozen=True)

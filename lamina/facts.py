@@ -173,8 +173,9 @@ def command(plan: HostPlan) -> str:
     files = " ".join(words[len(paths):])
     return "\n".join([
         f"echo {MARK}-mountinfo; cat /proc/self/mountinfo",
-        f"echo {MARK}-util-linux; mount -V 2>&1 | head -n 1",
-        f"echo {MARK}-user; id -u; id -un",
+        # (each process here costs the host ~1 ms on every run: builtins where they do)
+        f"echo {MARK}-util-linux; mount -V 2>&1",
+        f"echo {MARK}-user; id",
         # what lamina's scripts use beyond POSIX sh: a host without one is told so, not half-changed
         f"echo {MARK}-missing; for c in {' '.join(TOOLS)}; do command -v \"$c\" >/dev/null 2>&1 || echo \"$c\"; done",
         # the paths once, as "$@"; then two processes for all of them (a fork per path costs ~5 ms)
@@ -188,8 +189,7 @@ def command(plan: HostPlan) -> str:
         # (the echo ends a last line that has no newline of its own)
         *([f"head -n 1 -- /dev/null {files} 2>/dev/null || :; echo"] if files else []),
         f"echo {MARK}-init; [ -d /run/systemd/system ] && echo systemd || echo none",
-        *([f"echo {MARK}-blobs; for f in {' '.join(shlex.quote(b) for b in plan.blobs())}; do "
-           "if [ -f \"$f\" ]; then printf '%s\\t%s\\n' \"$f\" \"$(sha256sum < \"$f\" | cut -c1-64)\"; fi; done"]
+        *([f"echo {MARK}-blobs; sha256sum -- {' '.join(shlex.quote(b) for b in plan.blobs())} 2>/dev/null || :"]
           if plan.blobs() else []),
         *(_store_listing(plan.state_dir) if plan.images or plan.gc else []),
         *(_seal_check(plan.state_dir) if plan.check_layers else []),
@@ -206,20 +206,40 @@ def _seal_check(state_dir: str) -> list[str]:
 
 
 def _store_listing(state_dir: str) -> list[str]:
-    """The layer store in three processes, whatever its size (`ls -l` shows link targets)."""
+    """The layer store in one process, whatever its size (`ls -l` shows link targets; the
+    names of the other two dirs come from shell globs, builtins)."""
     sd = shlex.quote(state_dir)
+    names = '; do [ -e "$f" ] || [ -L "$f" ] && printf \'%s\\n\' "${f##*/}"; done'
     return [
-        f"echo {MARK}-layers; ls -1 -- {sd}/layers 2>/dev/null || :",
+        f"echo {MARK}-layers; for f in {sd}/layers/*{names}",
         f"echo {MARK}-links; ls -l -- {sd}/l 2>/dev/null || :",
-        f"echo {MARK}-staging; ls -1 -- {sd}/staging 2>/dev/null || :",
+        f"echo {MARK}-staging; for f in {sd}/staging/*{names}",
     ]
 
 
 def _user(lines: Sequence[str]) -> tuple[int, str] | None:
-    try:
-        return int(lines[0]), lines[1].strip()
-    except (IndexError, ValueError):
-        return None
+    """(uid, name) the commands run as, from `id`: "uid=0(root) gid=0(root) ...", with
+    "euid=..." after it when that differs; a uid without a name is named by its number."""
+    text = " ".join(lines)
+    found = re.search(r"\beuid=(\d+)(?:\(([^)]*)\))?", text) or re.search(r"\buid=(\d+)(?:\(([^)]*)\))?", text)
+    return (int(found[1]), found[2] if found[2] is not None else found[1]) if found else None
+
+
+def _blobs(lines: Sequence[str]) -> dict[str, str]:
+    """path → digest from `sha256sum` ("DIGEST  PATH"; a path with a backslash or newline is
+    escaped and the line starts with a backslash)."""
+    out = {}
+    for line in lines:
+        escaped = line.startswith("\\")
+        line = line[1:] if escaped else line
+        digest, sep, path = line.partition(" ")
+        if not sep or len(digest) != 64:
+            continue
+        path = path[1:]  # " " (text) or "*" (binary)
+        if escaped:
+            path = re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], path)
+        out[path] = digest
+    return out
 
 
 def parse(lines: Sequence[str]) -> HostState:
@@ -242,7 +262,7 @@ def parse(lines: Sequence[str]) -> HostState:
     for path, resolved in zip(sections.get("asked", []), sections.get("resolved", []), strict=False):
         st = stats.get(path)
         paths[path] = PathInfo(resolved, st[0], int(st[1], 8), int(st[2]), int(st[3])) if st else PathInfo(resolved)
-    version = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", " ".join(sections.get("util-linux", [])))
+    version = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", (sections.get("util-linux") or [""])[0])
     files: dict[str, str] = {}
     current = None
     for line in sections.get("files", []):
@@ -263,7 +283,7 @@ def parse(lines: Sequence[str]) -> HostState:
         staging=tuple(x.strip() for x in sections.get("staging", []) if x.strip()),
         damaged=frozenset(line.split(":")[0] for line in sections.get("seals", []) if ":" in line),
         init=(sections.get("init") or ["none"])[0].strip(),
-        blobs=dict(line.split("\t", 1) for line in sections.get("blobs", []) if "\t" in line),
+        blobs=_blobs(sections.get("blobs", [])),
         mounts=tuple(parse_mountinfo(sections.get("mountinfo", []))),
         paths=paths,
         util_linux=tuple(int(g) for g in version.groups() if g) if version else (),

@@ -11,27 +11,27 @@ reader and connectors, which handle every form.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import os
+from collections import namedtuple
 
 from . import sshrun
 from .errors import LaminaError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass(frozen=True)
-class InventoryHost:
-    name: str
-    data: dict[str, Any]
+# name, data (dict). Light on purpose: read before every run's first connection.
+InventoryHost = namedtuple("InventoryHost", "name data")
 
 
 def read(path: str) -> list[InventoryHost] | None:
     """The hosts of a pyinfra inventory in inventory order, or None when it needs pyinfra."""
-    file = Path(path)
-    if file.is_file():
-        if not path.endswith(".py") or (file.parent.resolve() / "group_data").exists():  # where pyinfra looks
+    if os.path.isfile(path):
+        if not path.endswith(".py") or os.path.exists(os.path.join(os.path.realpath(os.path.dirname(path) or "."),
+                                                                   "group_data")):  # where pyinfra looks
             return None
-        found = _groups(file)
+        found = _groups(path)
         if found is None:
             return None
         groups, listed = found
@@ -57,11 +57,13 @@ def read(path: str) -> list[InventoryHost] | None:
     return [InventoryHost(name, data) for name, data in hosts.items()]
 
 
-def _groups(file: Path) -> tuple[list[list], list[str] | None] | None:
+def _groups(file: str) -> tuple[list[list], list[str] | None] | None:
     """The inventory's groups (lists of hosts), and the names in its group `all` if it has one."""
-    namespace: dict[str, Any] = {"__file__": str(file)}
+    namespace: dict[str, Any] = {"__file__": file}
     try:
-        exec(compile(file.read_text(encoding="utf-8"), str(file), "exec"), namespace)
+        with open(file, encoding="utf-8") as f:
+            source = f.read()
+        exec(compile(source, file, "exec"), namespace)
     except SystemExit as e:  # an inventory may exit with its own message (the lab's does)
         raise LaminaError(str(e.code)) from None
     except Exception:

@@ -37,12 +37,10 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
 
 from lamina.errors import LaminaError
@@ -61,12 +59,10 @@ class LabError(LaminaError):
     """A problem the user can fix; the CLI prints it as one line."""
 
 
-@dataclass(frozen=True)
-class LabHost:
-    name: str
-    address: str
-    pid: int | None = None  # the host's PID 1 as seen from the machine (nsenter -t PID -a)
-    lower: str = "/"  # its root's lower dir: "/" (the machine's own userland) or a debootstrap'ed tree
+# pid: the host's PID 1 as seen from the machine (nsenter -t PID -a); lower: its root's lower
+# dir, "/" (the machine's own userland) or a debootstrap'ed tree. A namedtuple: the lab
+# inventory imports this module on every run, and dataclasses cost ~10 ms to import.
+LabHost = namedtuple("LabHost", "name address pid lower", defaults=(None, "/"))
 
 
 def lab_dir() -> Path:
@@ -299,6 +295,8 @@ def down() -> None:
 def _sshd_answers(address: str, timeout: float = 1.0) -> bool:
     """True if an SSH server greets on address:22 (no session, so nothing is counted)."""
     try:
+        import socket
+
         with socket.create_connection((address, 22), timeout=timeout) as s:
             s.settimeout(timeout)
             return s.recv(8).startswith(b"SSH-")
@@ -322,6 +320,8 @@ def status() -> list[dict]:
     """One dict per host: name, address, pid (None if dead), sshd ("yes"/"no")."""
     all_hosts = hosts()
     # in parallel: a dead host's address times out
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=max(1, len(all_hosts))) as pool:
         answers = list(pool.map(_sshd_answers, [h.address for h in all_hosts]))
     return [

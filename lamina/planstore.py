@@ -21,13 +21,16 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 _noted: dict[str, Any] | None = None  # path → signature, while planning is recorded
 ENV = ("HOME", "LAMINA_CACHE_DIR", "LAMINA_IMAGES")
 STALE = 14 * 86400  # entries unused this long are removed
+FORMAT = 2  # of a stored entry: another is planned afresh
 SMALL = 256 << 10  # files up to this size are compared by content (a spec rewritten within one clock tick)
 
 
@@ -42,7 +45,8 @@ def signature(path: str, tree: bool = False) -> Any:
     sig: Any = [st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
     if stat.S_ISREG(st.st_mode) and st.st_size <= SMALL:
         try:
-            sig.append(hashlib.sha256(Path(path).read_bytes()).hexdigest())
+            with open(path, "rb") as f:
+                sig.append(hashlib.sha256(f.read()).hexdigest())
         except OSError:
             return None
     if tree and stat.S_ISDIR(st.st_mode):
@@ -75,9 +79,15 @@ def recording() -> Iterator[dict[str, Any]]:
 
 def _code() -> list[Any]:
     """lamina's own code and templates: a changed lamina plans (and compares) differently."""
-    root = Path(__file__).parent
-    files = sorted([*root.glob("*.py"), *root.glob("sh/*"), *root.parent.glob("templates/*")])
-    return [sys.version, *((str(p), os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in files)]
+    root = os.path.dirname(os.path.abspath(__file__))
+    files = []
+    for folder, keep in ((root, ".py"), (os.path.join(root, "sh"), ""),
+                         (os.path.join(os.path.dirname(root), "templates"), "")):
+        try:
+            files += [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(keep)]
+        except OSError:
+            pass
+    return [sys.version, *((p, (st := os.stat(p)).st_mtime_ns, st.st_size) for p in sorted(files))]
 
 
 def key(hosts: list[tuple[str, dict[str, Any]]], specs: list[str], flags: dict[str, bool]) -> str | None:
@@ -89,25 +99,35 @@ def key(hosts: list[tuple[str, dict[str, Any]]], specs: list[str], flags: dict[s
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _path(key: str) -> Path:
-    from . import cache_dir
+def _path(key: str) -> str:
+    from . import cache_path
 
-    return cache_dir() / "plans" / f"{key}.pickle"
+    return os.path.join(cache_path(), "plans", f"{key}.pickle")
 
 
-@dataclass
 class Entry:
     """One stored planning: the plans, their fact commands, and for each host that was in
-    sync, the digest of its fact output with the comparison's result. Comparing a plan with
-    a host is a pure function of the two, so byte-identical output gives that same result
-    without comparing again."""
+    sync, the digest of its fact output with what the comparison found unchanged (and
+    warned about). Comparing a plan with a host is a pure function of the two, so
+    byte-identical output gives that same in-sync result without comparing again.
 
-    key: str | None
-    inputs: dict[str, Any]
-    plans: dict[str, Any]
-    commands: dict[str, str] = field(default_factory=dict)
-    synced: dict[str, tuple[str, Any]] = field(default_factory=dict)
-    dirty: bool = True
+    The plans are kept pickled apart and unpickled only when asked for: the in-sync
+    re-run (lamina/fastpath.py) needs only the commands and the digests, and so never
+    imports the planner's classes."""
+
+    def __init__(self, key: str | None, inputs: dict[str, Any], plans: dict[str, Any] | None = None,
+                 blob: bytes | None = None, commands: dict[str, str] | None = None,
+                 synced: dict[str, tuple[str, list[str], list[str]]] | None = None):
+        self.key, self.inputs, self._plans, self._blob = key, inputs, plans, blob
+        self.commands = commands if commands is not None else {}
+        self.synced = synced if synced is not None else {}
+        self.dirty = blob is None
+
+    @property
+    def plans(self) -> dict[str, Any]:
+        if self._plans is None:
+            self._plans = pickle.loads(self._blob)
+        return self._plans
 
     def command(self, name: str) -> str:
         if name not in self.commands:
@@ -117,32 +137,43 @@ class Entry:
         return self.commands[name]
 
     def known(self, name: str, output: str):
-        """The result stored for exactly this fact output of this host, or None."""
+        """The in-sync result (report.Result) stored for exactly this fact output of this
+        host, or None."""
         memo = self.synced.get(name)
-        return memo[1] if memo is not None and memo[0] == _digest(output) else None
+        if memo is None or memo[0] != _digest(output):
+            return None
+        from .report import Result
+
+        return Result(unchanged=list(memo[1]), warnings=list(memo[2]))
 
     def remember(self, name: str, output: str, result) -> None:
-        digest = _digest(output)
-        if self.synced.get(name, ("",))[0] != digest:
-            self.synced[name], self.dirty = (digest, result), True
+        """Store an in-sync result (nothing to change, no error) for this fact output."""
+        memo = (_digest(output), list(result.unchanged), list(result.warnings))
+        if self.synced.get(name) != memo:
+            self.synced[name], self.dirty = memo, True
 
     def save(self) -> None:
         if self.key is None or not self.dirty:
             return
-        for p in self.plans.values():  # the layer tars a run would ship
-            for ref in p.layers.values():
-                if ref.layer is not None:
-                    self.inputs[os.path.abspath(ref.layer.path)] = signature(str(ref.layer.path))
+        if self._blob is None:
+            for p in self.plans.values():  # the layer tars a run would ship
+                for ref in p.layers.values():
+                    if ref.layer is not None:
+                        self.inputs[os.path.abspath(ref.layer.path)] = signature(str(ref.layer.path))
+            self._blob = pickle.dumps(self.plans, protocol=pickle.HIGHEST_PROTOCOL)
         path = _path(self.key)
+        stored = {"format": FORMAT, "key": self.key, "inputs": self.inputs, "commands": self.commands,
+                  "synced": self.synced, "plans": self._blob}
         try:
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
             with open(tmp, "wb") as f:
-                pickle.dump(replace(self, dirty=False), f, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump(stored, f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, path)
-            for old in path.parent.iterdir():  # entries of specs no longer run
-                if old.stat().st_mtime < time.time() - STALE:
-                    old.unlink(missing_ok=True)
+            with os.scandir(os.path.dirname(path)) as found:  # entries of specs no longer run
+                for old in found:
+                    if old.stat().st_mtime < time.time() - STALE:
+                        os.unlink(old.path)
         except OSError:
             pass  # a read-only cache: plan afresh next time
         self.dirty = False
@@ -158,10 +189,12 @@ def load(key: str | None) -> Entry | None:
         return None
     try:
         with open(_path(key), "rb") as f:
-            entry = pickle.load(f)
+            stored = pickle.load(f)
+        if stored["format"] != FORMAT or stored["key"] != key:
+            return None
+        entry = Entry(key, stored["inputs"], blob=stored["plans"], commands=stored["commands"],
+                      synced=stored["synced"])
     except Exception:  # missing, truncated, or from another lamina: plan afresh
-        return None
-    if not isinstance(entry, Entry) or entry.key != key:
         return None
     for name, sig in entry.inputs.items():
         if signature(name.removeprefix("tree:"), name.startswith("tree:")) != sig:

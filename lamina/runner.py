@@ -11,15 +11,16 @@ import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from . import images
-from .diff import Result, diff
+from .diff import diff
 from .errors import LaminaError, SpecError, SpecInvalid
 from .facts import HostState
 from .plan import HostPlan, plan
+from .report import HostReport, Report
 
 ROLES_DIR = Path("roles")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -76,60 +77,6 @@ def load_inventory(path: str):
         raise SpecInvalid([SpecError(path, 1, 1, "the inventory has no hosts (a file that does not"
                                             " exist, or a host name that does not resolve?)")])
     return inventory
-
-
-@dataclass
-class HostReport:
-    name: str
-    result: Result | None = None
-    error: str | None = None
-    plan: HostPlan | None = None
-    actual: HostState | None = None
-
-    @property
-    def changed(self) -> int:
-        return len(self.result.changes) if self.result else 0
-
-
-@dataclass
-class Report:
-    hosts: dict[str, HostReport] = field(default_factory=dict)
-
-    def record(self, name: str, plan: HostPlan, actual: HostState, result: Result) -> None:
-        report = self.hosts.setdefault(name, HostReport(name))
-        report.plan, report.actual, report.result = plan, actual, result
-
-    def fail(self, name: str, error: str) -> None:
-        self.hosts.setdefault(name, HostReport(name)).error = error
-
-    @property
-    def failed(self) -> list[HostReport]:
-        return [h for h in self.hosts.values() if h.error]
-
-    def as_json(self) -> dict[str, Any]:
-        return {"hosts": {
-            h.name: {
-                "changed": [{"object": c.key, "reasons": c.reasons} for c in (h.result.changes if h.result else [])],
-                "unchanged": list(h.result.unchanged) if h.result else [],
-                "errors": list(h.result.errors) if h.result else [],
-                "warnings": list(h.result.warnings) if h.result else [],
-                "failed": h.error,
-            } for h in self.hosts.values()
-        }}
-
-    def lines(self, applied: bool) -> list[str]:
-        out = []
-        for h in self.hosts.values():
-            if h.result and not h.error:
-                for c in h.result.changes:
-                    out += [f"{h.name} {c.key}: {r}" for r in c.reasons]
-                out += [f"{h.name} warning: {w}" for w in h.result.warnings]
-            if h.error:
-                out.append(f"{h.name}: FAILED: {h.error}")
-            elif h.result:
-                verb = "changed" if applied else "to change"
-                out.append(f"{h.name}: {h.changed} {verb}, {len(h.result.unchanged)} unchanged")
-        return out
 
 
 class _Errors(logging.Handler):
@@ -257,18 +204,20 @@ def session(inventory_path: str, specs: Sequence[str], *, sudo: bool = False, li
         pyinfra_log.removeHandler(log)
 
 
-def _quick(connections, specs: Sequence[str], *, apply: bool,
+def _quick(connections, specs: Sequence[str], *, apply: bool, read=None,
            **flags: bool) -> tuple[Report, dict[str, HostPlan], dict[str, HostPlan]]:
     """The fast read: every host's facts through one `sh -s` on its OpenSSH connection, no
     pyinfra. Returns the report of the hosts that are done (in sync, or only planning), the
     plans of those with changes to apply, and the plans of those whose read failed (pyinfra
-    retries and explains)."""
+    retries and explains). `read`: what fastpath.read found already (the entry, the outputs)."""
     from . import facts
 
     chosen = list(connections.hosts)
-    entry = _stored([(n, connections.hosts[n]) for n in chosen], specs, **flags)  # while they connect
+    entry = read.entry if read and read.entry else _stored([(n, connections.hosts[n]) for n in chosen], specs,
+                                                           **flags)
     plans = entry.plans
-    outcomes = connections.run_all({n: entry.command(n) for n in chosen})
+    outcomes = (read.outcomes if read and read.outcomes is not None
+                else connections.run_all({n: entry.command(n) for n in chosen}))
     report, todo, rest = Report({n: HostReport(n) for n in chosen}), {}, {}
     for name in chosen:
         out = outcomes[name]
@@ -327,7 +276,7 @@ def _converge(connections, plans: dict[str, HostPlan], report: Report, lock_time
 
 def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = False,
         limit: Sequence[str] = (), gc: bool = False, lock_timeout: float = 60.0, prune: bool = False,
-        check_layers: bool = False, early=None) -> Report:
+        check_layers: bool = False, early=None, read=None) -> Report:
     """Plan (and with apply=True, execute) on every host of the inventory. `gc`: instead,
     remove layers that nothing in the specs (nor any mounted overlay) uses.
 
@@ -335,7 +284,7 @@ def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = 
     do are converged on the same connections. pyinfra runs only for inventories it alone
     can read or connect to, and for hosts the quick read could not reach (it retries and
     says why). `early`: the connections, opened by the caller before it imported this
-    module (sshrun.Connections.for_inventory)."""
+    module (sshrun.Connections.for_inventory); `read`: what fastpath.read found on them."""
     from . import sshrun
 
     flags = {"gc": gc, "prune": prune, "check_layers": check_layers}
@@ -344,7 +293,7 @@ def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = 
         return _run_pyinfra(inventory_path, specs, apply=apply, sudo=sudo, limit=limit, lock_timeout=lock_timeout,
                             **flags)
     with connections:
-        report, todo, rest = _quick(connections, specs, apply=apply, **flags)
+        report, todo, rest = _quick(connections, specs, apply=apply, read=read, **flags)
         _converge(connections, todo, report, lock_timeout)
         if rest:
             slow = _run_pyinfra(inventory_path, specs, apply=apply, sudo=sudo, limit=list(rest), plans=rest,

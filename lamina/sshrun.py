@@ -10,14 +10,17 @@ never silently trusted.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
-import tempfile
+import threading
 import time
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from collections import namedtuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 CONNECT_TIMEOUT = 10  # pyinfra's default
 
@@ -27,15 +30,20 @@ SSH_KEYS = frozenset({"ssh_hostname", "ssh_port", "ssh_user", "ssh_key", "ssh_kn
                       "ssh_strict_host_key_checking", "ssh_config_file"})
 
 
-@dataclass(frozen=True)
-class Outcome:
-    ok: bool
-    stdout: str
-    stderr: str
+# Every import here is paid by every run before its first connection: no dataclasses,
+# typing or concurrent.futures (~15 ms together).
+Outcome = namedtuple("Outcome", "ok stdout stderr")
 
 
 def available() -> bool:
-    return shutil.which("ssh") is not None
+    return _ssh() is not None
+
+
+def _ssh(found: list[str | None] = []) -> str | None:  # noqa: B006 - found once per run
+    """The ssh client's path, searched once: each exec then skips the PATH walk."""
+    if not found:
+        found.append(shutil.which("ssh"))
+    return found[0]
 
 
 STRICT = frozenset({"yes", "no", "off", "ask", "accept-new"})  # what OpenSSH takes and pyinfra passes on
@@ -54,7 +62,7 @@ def argv(name: str, data: Mapping[str, Any], sudo: bool, remote: str | None = No
     data as pyinfra reads it; None when only pyinfra's connector can honour that data."""
     if not supports(data):
         return None
-    cmd = ["ssh", "-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
+    cmd = [_ssh() or "ssh", "-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
            "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3",
            "-o", f"StrictHostKeyChecking={data.get('ssh_strict_host_key_checking', 'accept-new')}", *extra]
     for key, flag in (("ssh_config_file", "-F"), ("ssh_port", "-p"), ("ssh_user", "-l"), ("ssh_key", "-i")):
@@ -65,6 +73,18 @@ def argv(name: str, data: Mapping[str, Any], sudo: bool, remote: str | None = No
     if remote is None:
         remote = "sudo -H -n sh -s" if sudo else "sh -s"  # the script comes on stdin
     return [*cmd, "--", str(data.get("ssh_hostname") or name), *([remote] if remote else [])]
+
+
+def _private_dir() -> str:
+    """A new 0700 directory under $TMPDIR (tempfile.mkdtemp's guarantee, without its import)."""
+    base = os.environ.get("TMPDIR") or "/tmp"
+    while True:
+        path = os.path.join(base, f"lamina-ssh-{os.urandom(6).hex()}")
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
 
 
 _LIVE: dict[str, tuple[str, ...]] = {}  # host name -> options that reuse its open connection
@@ -79,13 +99,19 @@ class Connections:
     """One authenticated OpenSSH connection per host, opened at once and used later.
 
     The connections are made while the controller is still planning (that hides the SSH
-    handshake behind the CPU work); they run nothing until `run_all`, so a spec found bad
-    meanwhile has touched no host: closing them leaves only an sshd log line."""
+    handshake behind the CPU work); they run nothing until `run`, so a spec found bad
+    meanwhile has touched no host: closing them leaves only an sshd log line. A host's
+    scripts all go to one shell on its connection (`_Shell`, started by the first `run`):
+    one session and one ssh process however many scripts a converge runs. Commands that
+    need their own stdin (locks, layer streams) are further ssh clients on the connection
+    (`argv`)."""
 
     def __init__(self, hosts: Mapping[str, Mapping[str, Any]], sudo: bool):
-        self.dir = tempfile.mkdtemp(prefix="lamina-ssh-")  # 0700: the control sockets are ours alone
+        self.dir = _private_dir()  # the control sockets are ours alone
         self.hosts, self.sudo = dict(hosts), sudo
-        self.masters = {}
+        self.masters: dict[str, subprocess.Popen] = {}
+        self.shells: dict[str, _Shell] = {}
+        self.starting = {name: threading.Lock() for name in self.hosts}
         self.index = {name: n for n, name in enumerate(self.hosts)}  # control socket of each
         for n, (name, data) in enumerate(self.hosts.items()):
             master = argv(name, data, sudo, remote="", extra=self._control(n, "yes") + ("-N",))
@@ -122,16 +148,27 @@ class Connections:
         return argv(name, self.hosts[name], self.sudo, remote=remote, extra=self._control(n, "no"))
 
     def run(self, name: str, script: str, timeout: float = 600) -> Outcome:
-        """Run a script through `sh -s` (under sudo when asked) on the host's connection."""
-        command = self.argv(name)
-        if self.masters[name].poll() is not None:  # it could not connect: don't wait a timeout again
-            return Outcome(False, "", "no connection")
+        """Run a script through `sh -s` (under sudo when asked) on the host's connection: in
+        its shell, or in a session of its own while the shell is busy or gone."""
+        with self.starting[name]:
+            if name not in self.shells:
+                command = self.argv(name)
+                if self.masters[name].poll() is not None:  # it could not connect: don't wait a timeout again
+                    return Outcome(False, "", "no connection")
+                self.shells[name] = _Shell(command)
+        shell = self.shells[name]
+        if shell.lock.acquire(blocking=False):
+            try:
+                if shell.alive:
+                    return shell.run(script, timeout)
+            finally:
+                shell.lock.release()
         try:
-            done = subprocess.run(command, input=script, capture_output=True, text=True, timeout=timeout,
-                                  errors="surrogateescape")  # mount points need not be UTF-8
+            done = subprocess.run(self.argv(name), input=script.encode(errors="surrogateescape"),
+                                  capture_output=True, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as e:
             return Outcome(False, "", str(e))
-        return Outcome(done.returncode == 0, done.stdout, done.stderr)
+        return Outcome(done.returncode == 0, _text(done.stdout), _text(done.stderr))
 
     def run_all(self, scripts: Mapping[str, str], timeout: float = 600) -> dict[str, Outcome]:
         """Run each host's script on its connection, every host at once."""
@@ -139,23 +176,44 @@ class Connections:
 
     @staticmethod
     def each(work, names):
-        """work(name) for every name, all at once (threads: the work is waiting on ssh)."""
+        """work(name) for every name, all at once (a thread each: the work is waiting on ssh);
+        the first exception raised is raised again once all are done."""
         names = list(names)
-        if not names:
-            return {}
-        with ThreadPoolExecutor(min(len(names), 32)) as pool:
-            return dict(zip(names, pool.map(work, names), strict=True))
+        results, errors, slots = {}, [], threading.BoundedSemaphore(32)
+
+        def one(name):
+            try:
+                with slots:
+                    results[name] = work(name)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller below
+                errors.append(e)
+
+        threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return {n: results[n] for n in names}
 
     def close(self) -> None:
+        """End the shells (end of input), then the connections."""
         for name in self.masters:
             _LIVE.pop(name, None)
+        for shell in self.shells.values():
+            shell.end()
         for master in self.masters.values():
             master.terminate()
-        for master in self.masters.values():
+        for proc in [*(s.proc for s in self.shells.values()), *self.masters.values()]:
             try:
-                master.wait(timeout=5)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                master.kill()
+                proc.kill()
+                proc.wait()
+        for shell in self.shells.values():
+            shell.proc.stdout.close()
+            shell.proc.stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Connections:
@@ -163,3 +221,71 @@ class Connections:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _text(data: bytes) -> str:
+    return data.decode(errors="surrogateescape")  # mount points need not be UTF-8
+
+
+class _Shell:
+    """The master's session: a shell that runs each script it is sent in a subshell (no
+    variable, directory or `exit` of one reaches the next; stdin is /dev/null, so a script
+    cannot read the ones after it), then prints a marker with a random nonce and the exit
+    status on stdout, and the marker on stderr. The output between is the script's."""
+
+    def __init__(self, command: list[str]):
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.lock, self.alive = threading.Lock(), True
+
+    def run(self, script: str, timeout: float) -> Outcome:
+        mark = f"@@lamina-done-{os.urandom(8).hex()}"
+        payload = f"(\n{script}\n) </dev/null\nprintf '\\n%s %s\\n' {mark} \"$?\"; printf '\\n%s\\n' {mark} >&2\n"
+        try:
+            self.proc.stdin.write(payload.encode(errors="surrogateescape"))
+            self.proc.stdin.flush()
+        except OSError:  # the session is gone (no connection, sudo refused): say why
+            return self._dead(bytearray(), bytearray())
+        out, err = bytearray(), bytearray()
+        end_out, end_err = f"\n{mark} ".encode(), f"\n{mark}\n".encode()
+        rc = None
+        err_done = False
+        poll = select.poll()
+        fds = {self.proc.stdout.fileno(): out, self.proc.stderr.fileno(): err}
+        for fd in fds:
+            poll.register(fd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while rc is None or not err_done:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.alive = False  # still busy with this script: later ones get their own session
+                return Outcome(False, _text(out), f"timed out after {timeout:g} s")
+            for fd, _ in poll.poll(left * 1000):
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    return self._dead(out, err)
+                fds[fd] += chunk
+            if rc is None and out.endswith(b"\n") and (at := out.rfind(end_out)) >= 0:
+                rc = int(out[at + len(end_out):-1])
+                del out[at:]
+            if not err_done and err.endswith(end_err):
+                err_done = True
+                del err[-len(end_err):]
+        return Outcome(rc == 0, _text(out), _text(err))
+
+    def _dead(self, out: bytearray, err: bytearray) -> Outcome:
+        """The shell ended (sudo refused, the connection dropped, or a script's syntax): the
+        rest of its output; from now on every run gets a session of its own."""
+        self.alive = False
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        out += self.proc.stdout.read()
+        err += self.proc.stderr.read()
+        return Outcome(False, _text(out), _text(err))
+
+    def end(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass

@@ -28,12 +28,15 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "bootstrap: creating $venv"
   python3 -m venv "$venv"
 fi
-# Re-install only when the pins or the project metadata changed.
-want=$(cat "$top/requirements.lock" "$top/pyproject.toml" | sha256sum | cut -d' ' -f1)
+# lamina itself is installed editable as a plain path (.pth), not through setuptools' import
+# hook: that hook costs every run ~15 ms of start-up (it imports pathlib, importlib.util...).
+mode=compat
+# Re-install only when the pins, the project metadata or the install mode changed.
+want=$({ cat "$top/requirements.lock" "$top/pyproject.toml"; echo "editable_mode=$mode"; } | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing Python deps (requirements.lock)"
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$top/requirements.lock"
-  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$top"
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$top" --config-settings "editable_mode=$mode"
   echo "$want" > "$stamp"
 fi
 # Byte-compile lamina as pip does for a regular install: an editable install skips it, and

@@ -248,7 +248,7 @@ def test_boot_files_hold_the_mounts_and_are_kept_in_sync(host_plan):
     change = [c for c in diff.diff(hp, systemd).changes if c.key == "boot mounts"]
     assert change and "systemctl daemon-reload && systemctl enable --quiet lamina-mounts.service" in change[0].purge
     synced = facts.parse(out[:-1] + ["@@lamina-init", "systemd", "@@lamina-blobs",
-                                     *(f"{p}\t{boot.digest(c)}" for p, c in wanted.items()), "@@lamina-end"])
+                                     *(f"{boot.digest(c)}  {p}" for p, c in wanted.items()), "@@lamina-end"])
     assert diff.diff(hp, synced).changes == []
     plain = facts.parse(out)  # no systemd: the script, started from /etc/rc.local
     change = [c for c in diff.diff(hp, plain).changes if c.key == "boot mounts"][0]

@@ -4,8 +4,12 @@ itself, run by this machine's sh against a scratch tree."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pwd
 import subprocess
 import textwrap
+from dataclasses import replace
 
 import pytest
 
@@ -116,6 +120,36 @@ def test_fact_command_reads_a_real_tree(tmp_path):
                            str(base / "tricky"): "==> not a header <==", str(base / "last"): "no newline at the end"}
     assert state.init in ("systemd", "none")
     assert state.util_linux and state.mounts
+
+
+def test_fact_command_lists_the_layer_store_and_the_user_with_builtins(tmp_path):
+    """The store's names come from shell globs (no process), link targets from one `ls -l`;
+    `id` gives the user; an empty or missing dir lists nothing."""
+    state_dir = tmp_path / "state"
+    for d in ("layers/" + "a" * 64, "layers/" + "b" * 64, "staging/tmp.1", "l"):
+        (state_dir / d).mkdir(parents=True)
+    (state_dir / "l" / "L1").symlink_to("../layers/" + "a" * 64 + "/diff")
+    (state_dir / "staging" / "dangling").symlink_to("nowhere")
+    plan = replace(HostPlan(str(state_dir), (), boot=False), gc=True)
+    state = facts.parse(subprocess.run(["sh", "-c", facts.command(plan)], capture_output=True, text=True,
+                                       check=True).stdout.splitlines())
+    assert state.layers == {"a" * 64, "b" * 64}
+    assert set(state.staging) == {"tmp.1", "dangling"}
+    assert state.links == {"L1": "../layers/" + "a" * 64 + "/diff"}
+    assert state.user == (os.geteuid(), pwd.getpwuid(os.geteuid()).pw_name)
+    empty = facts.parse(subprocess.run(["sh", "-c", facts.command(replace(HostPlan(str(tmp_path / "none"), ()), gc=True))],
+                                       capture_output=True, text=True, check=True).stdout.splitlines())
+    assert empty.layers == frozenset() and empty.staging == () and empty.links == {}
+
+
+def test_blob_digests_are_read_from_sha256sum_even_for_odd_names(tmp_path):
+    names = [tmp_path / "boot.sh", tmp_path / "back\\slash", tmp_path / "new\nline", tmp_path / "missing"]
+    for n in names[:3]:
+        n.write_text(f"content of {n.name}")
+    out = subprocess.run(["sh", "-c", "sha256sum -- \"$@\" 2>/dev/null || :", "sh", *map(str, names)],
+                         capture_output=True, text=True).stdout
+    want = {str(n): hashlib.sha256(n.read_bytes()).hexdigest() for n in names[:3]}
+    assert facts._blobs(out.splitlines()) == want
 
 
 def test_shared_words_keep_commands_small():

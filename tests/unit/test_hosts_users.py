@@ -18,16 +18,19 @@ def test_a_fleet_spec_is_one_userland_per_host():
 
 
 def test_the_fact_reads_the_user_and_a_non_root_user_is_one_clear_error():
-    out = ["@@lamina-user", "1001", "lamina", "@@lamina-end"]
+    out = ["@@lamina-user", "uid=1001(lamina) gid=1001(lamina) groups=1001(lamina),27(sudo)", "@@lamina-end"]
     state = facts.parse(out)
     assert state.user == (1001, "lamina")
     result = diff.diff(HostPlan("/var/lib/lamina", ()), state)
     assert not result.changes and result.errors == [
         "the commands run as lamina (uid 1001), not root: lamina mounts and owns root-only state; connect as root"
         " or use --sudo (pyinfra: _sudo)"]
-    root = facts.parse(["@@lamina-user", "0", "root", "@@lamina-end"])
+    root = facts.parse(["@@lamina-user", "uid=0(root) gid=0(root) groups=0(root)", "@@lamina-end"])
     assert root.user == (0, "root") and not diff.diff(HostPlan("/var/lib/lamina", ()), root).errors
-    assert "id -u" in facts.command(HostPlan("/var/lib/lamina", ()))
+    assert "; id\n" in facts.command(HostPlan("/var/lib/lamina", ()))
+    # the effective user counts (a setuid shell), and a uid without a name is its number
+    assert facts.parse(["@@lamina-user", "uid=1001(lamina) gid=1001 euid=0(root)", "@@lamina-end"]).user == (0, "root")
+    assert facts.parse(["@@lamina-user", "uid=4242 gid=4242 groups=4242", "@@lamina-end"]).user == (4242, "4242")
 
 
 def test_a_sudo_refusal_is_reported_not_retried():
