@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import shlex
 import subprocess
 import tempfile
@@ -43,7 +44,7 @@ def wrap(command: str, sudo: bool) -> str:
     return f"sudo -H -n sh -c {shlex.quote(command)}" if sudo else command
 
 
-def run(host, command: str, data: Iterable[bytes], sudo: bool, connector_args: dict | None = None,
+def run(host, command: str, data: Iterable[bytes | FilePart], sudo: bool, connector_args: dict | None = None,
         spool: str = "/tmp") -> Done:
     """Run `command` on a pyinfra host with `data` as its stdin: through OpenSSH on the fast
     read's connection when the host data allows, else on pyinfra's paramiko connection; for
@@ -72,12 +73,16 @@ def _done(ok: bool, out: list[bytes], err: list[bytes]) -> Done:
     return Done(ok, text(out), text(err))
 
 
-def openssh(argv: list[str], data: Iterable[bytes]) -> Done:
+def openssh(argv: list[str], data: Iterable[bytes | FilePart]) -> Done:
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     readers = [_reader(proc.stdout), _reader(proc.stderr)]
     try:
         for chunk in data:
-            proc.stdin.write(chunk)
+            if isinstance(chunk, FilePart):
+                proc.stdin.flush()
+                _sendfile(proc.stdin.fileno(), chunk)
+            else:
+                proc.stdin.write(chunk)
     except BrokenPipeError:
         pass  # the remote side stopped reading: its exit status and stderr say why
     except BaseException:
@@ -94,13 +99,26 @@ def openssh(argv: list[str], data: Iterable[bytes]) -> Done:
     return _done(proc.wait() == 0, readers[0][1], readers[1][1])
 
 
-def _paramiko(host, command: str, data: Iterable[bytes]) -> Done:
+def _sendfile(out: int, part: FilePart) -> None:
+    sent = 0
+    while sent < part.size:
+        try:
+            n = os.sendfile(out, part.fd, part.offset + sent, part.size - sent)
+        except BlockingIOError:  # a non-blocking pipe (gevent's, inside pyinfra): wait until it drains
+            select.select([], [out], [])
+            continue
+        if n == 0:
+            raise OSError(f"sendfile: the file ended {part.size - sent} bytes early")
+        sent += n
+
+
+def _paramiko(host, command: str, data: Iterable[bytes | FilePart]) -> Done:
     channel = host.connector.client.get_transport().open_session()
     try:  # an exception while sending closes the channel before EOF: the host stores nothing
         channel.exec_command(command)
         readers = [_reader(channel.makefile("rb")), _reader(channel.makefile_stderr("rb"))]
         for chunk in data:
-            channel.sendall(chunk)
+            channel.sendall(as_bytes(chunk))
         channel.shutdown_write()
         for thread, _ in readers:
             thread.join()
@@ -110,13 +128,13 @@ def _paramiko(host, command: str, data: Iterable[bytes]) -> Done:
     return _done(status == 0, readers[0][1], readers[1][1])
 
 
-def _via_file(host, command: str, data: Iterable[bytes], spool: str, args: dict) -> Done:
+def _via_file(host, command: str, data: Iterable[bytes | FilePart], spool: str, args: dict) -> Done:
     """The data as a file uploaded by pyinfra (any connector, any sudo settings), then the
     command with that file as its stdin."""
     remote = f"{spool}/lamina-stdin.{uuid.uuid4().hex}"
     with tempfile.NamedTemporaryFile() as local:
         for chunk in data:
-            local.write(chunk)
+            local.write(as_bytes(chunk))
         local.flush()
         if not host.put_file(local.name, remote, print_output=False, **args):
             return Done(False, [], [f"upload to {remote} failed"])
@@ -130,48 +148,71 @@ class Corrupt(Exception):
     pass
 
 
+class FilePart:
+    """`size` bytes of an open file from `offset`: the OpenSSH transport hands them to the
+    kernel (sendfile into ssh's stdin, no copy through Python); the others read them. Valid
+    until the next chunk is asked for (the generator closes the file at its end)."""
+
+    __slots__ = ("fd", "offset", "size")
+
+    def __init__(self, fd: int, offset: int, size: int):
+        self.fd, self.offset, self.size = fd, offset, size
+
+    def read(self) -> bytes:
+        return os.pread(self.fd, self.size, self.offset)
+
+
+def as_bytes(chunk: bytes | FilePart) -> bytes:
+    return chunk.read() if isinstance(chunk, FilePart) else chunk
+
+
 class _Digest:
-    """One sha256 of a layer file shared by the streams that send it to several hosts at
-    once: each chunk is hashed by whichever stream reads it first, so the controller hashes
-    a layer once per run, not once per host."""
+    """The sha256 of one layer file, computed once per run by a thread of its own (hashlib lets
+    go of the GIL) while the streams that send the file to several hosts run; each stream
+    waits for it before its last chunk."""
 
-    def __init__(self) -> None:
-        self.lock, self.sha, self.upto = threading.Lock(), hashlib.sha256(), 0
+    def __init__(self, fd: int) -> None:
+        self.done, self.value = threading.Event(), ("", -1)
+        threading.Thread(target=self._hash, args=(os.dup(fd),), daemon=True).start()
 
-    def feed(self, offset: int, chunk: bytes) -> None:
-        with self.lock:
-            if offset == self.upto:  # a stream never gets ahead of what is hashed: it hashed it, or found it done
-                self.sha.update(chunk)
-                self.upto += len(chunk)
+    def _hash(self, fd: int) -> None:
+        try:
+            sha, offset = hashlib.sha256(), 0
+            while chunk := os.pread(fd, CHUNK, offset):
+                sha.update(chunk)
+                offset += len(chunk)
+            self.value = sha.hexdigest(), offset
+        except OSError:
+            pass  # stays ("", -1): the stream reports the file corrupt
+        finally:
+            os.close(fd)
+            self.done.set()
 
     def result(self) -> tuple[str, int]:
-        with self.lock:
-            return self.sha.hexdigest(), self.upto
+        self.done.wait()
+        return self.value
 
 
 _DIGESTS: dict[tuple, _Digest] = {}
 _DIGESTS_LOCK = threading.Lock()
 
 
-def verified_chunks(path: str, sha256: str, size: int | None = None) -> Iterable[bytes]:
-    """The file's bytes, hashed on the way; the last chunk is held back until the whole
-    digest (and size) matches, so a corrupt file never reaches the host in full (Corrupt instead)."""
+def verified_chunks(path: str, sha256: str, size: int | None = None) -> Iterable[bytes | FilePart]:
+    """The file's bytes as FileParts, then the last chunk as bytes, held back until the whole
+    digest (and size) matches, so a corrupt file never reaches the host in full (Corrupt
+    instead). The digest is computed once per file per run, however many hosts it goes to."""
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())  # a rewritten file (new inode or mtime) is hashed afresh
         with _DIGESTS_LOCK:
-            shared = _DIGESTS.setdefault((path, sha256, st.st_ino, st.st_mtime_ns, st.st_size), _Digest())
-        offset = 0
-        held = f.read(CHUNK)
-        while held:
-            shared.feed(offset, held)
-            offset += len(held)
-            chunk = f.read(CHUNK)
-            if not chunk:
-                break
-            yield held
-            held = chunk
-    digest, hashed = shared.result()
-    if hashed != offset or digest != sha256 or (size is not None and offset != size):
-        raise Corrupt(f"{path}: sha256 {digest} ({offset} bytes), want {sha256} ({size} bytes)")
-    if held:
-        yield held
+            key = (path, sha256, st.st_ino, st.st_mtime_ns, st.st_size)
+            shared = _DIGESTS.get(key) or _DIGESTS.setdefault(key, _Digest(f.fileno()))
+        body = max(0, st.st_size - CHUNK)
+        for offset in range(0, body, CHUNK):
+            yield FilePart(f.fileno(), offset, min(CHUNK, body - offset))
+        last = os.pread(f.fileno(), st.st_size - body + 1, body)  # one byte more: a file that grew shows
+        digest, hashed = shared.result()
+        if hashed != st.st_size or digest != sha256 or (size is not None and st.st_size != size) \
+                or body + len(last) != st.st_size:
+            raise Corrupt(f"{path}: sha256 {digest} ({hashed} bytes), want {sha256} ({size} bytes)")
+        if last:
+            yield last

@@ -19,6 +19,10 @@ from .images import DEFAULT_PATH, LayerRef
 from .plan import HostPlan
 from .remote import Failed, Remote, message
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .channel import FilePart
+
 SCRIPTS = Path(__file__).with_name("sh")
 
 
@@ -91,13 +95,24 @@ def materialize(remote: Remote, plan: HostPlan, todo: list[Materialize], names: 
             digests[ref.key] = next(iter(built))
 
 
+RECORD = 10240  # GNU tar's default record: it reads whole ones, never past the one holding the end
+
+
+def shipped(layer, hex_: str) -> Iterable[bytes | FilePart]:
+    """What `ship` sends: the layer tar (its digest checked on the way), zeros to a whole tar
+    record, then the line that tells the host the layer is complete (see lamina/sh/ship.sh)."""
+    from .channel import verified_chunks
+
+    yield from verified_chunks(str(layer.path), layer.sha256, layer.size)
+    yield bytes(-layer.size % RECORD) + f"lamina-commit {hex_}\n".encode()
+
+
 def ship(remote: Remote, state_dir: str, hex_: str, layer, label: str = "") -> list[str]:
     """Stream one layer tar into the host's store (digest checked on the way); its output lines."""
-    from .channel import Corrupt, verified_chunks
+    from .channel import Corrupt
 
     try:
-        done = remote.stream(command("ship", state_dir, hex_, str(layer.size)),
-                             verified_chunks(str(layer.path), layer.sha256, layer.size), spool=f"{state_dir}/staging")
+        done = remote.stream(command("ship", state_dir, hex_), shipped(layer, hex_), spool=f"{state_dir}/staging")
     except Corrupt as e:
         raise Failed(f"{label or hex_[:12]}: the controller's cached layer is corrupt ({e}); delete it and"
                      " run again to rebuild it") from None

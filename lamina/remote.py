@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from . import channel, lock
-from .channel import Done
+from .channel import Done, FilePart
 
 
 class Remote(Protocol):
@@ -22,7 +22,7 @@ class Remote(Protocol):
     def run(self, command: str) -> Done:
         """Run a shell command (any size) as the run's user, sudo included."""
 
-    def stream(self, command: str, data: Iterable[bytes], spool: str) -> Done:
+    def stream(self, command: str, data: Iterable[bytes | FilePart], spool: str) -> Done:
         """Run a command with `data` as its stdin (`spool`: where a host without a stream may stage it)."""
 
     def lock(self, timeout: float) -> None:
@@ -58,7 +58,7 @@ class PyinfraHost:
         ok, output = self.host.run_shell_command(command, print_output=False, **self.args)
         return Done(ok, output.stdout_lines, output.stderr_lines)
 
-    def stream(self, command: str, data: Iterable[bytes], spool: str) -> Done:
+    def stream(self, command: str, data: Iterable[bytes | FilePart], spool: str) -> Done:
         return channel.run(self.host, command, data, self.sudo, self.args, spool=spool)
 
     def lock(self, timeout: float) -> None:
@@ -100,7 +100,7 @@ class OpenSSH:
         out = self.connections.run(self.name, command)
         return Done(out.ok, out.stdout.splitlines(), out.stderr.splitlines())
 
-    def stream(self, command: str, data: Iterable[bytes], spool: str) -> Done:
+    def stream(self, command: str, data: Iterable[bytes | FilePart], spool: str) -> Done:
         return channel.openssh(self.connections.argv(self.name, channel.wrap(command, self.sudo)), data)
 
     def lock(self, timeout: float) -> None:

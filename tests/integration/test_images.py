@@ -153,6 +153,43 @@ def test_killed_while_shipping_then_rerun_converges(hosts, tmp_path):
     assert changed_objects(changes(lab, "--limit", h, spec=spec)) == {h: []}
 
 
+@pytest.mark.parametrize("userland", USERLANDS)
+def test_a_stream_cut_between_two_members_stores_nothing(hosts, tmp_path, userland):
+    """GNU tar exits 0 on a layer tar cut where a member starts: what tells the host the layer
+    is whole is the line the controller sends after it (materialize.shipped), and without it
+    ship.sh stores nothing; with it, the layer is committed and sealed."""
+    import hashlib
+    import io
+    import tarfile
+
+    from lamina.materialize import RECORD
+
+    lab = hosts
+    h = on(lab.hosts, userland)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for i in range(3):
+            data = os.urandom(3000 + i)
+            info = tarfile.TarInfo(f"f{i}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    layer = buf.getvalue()
+    hex_ = hashlib.sha256(layer).hexdigest()
+    last = tarfile.open(fileobj=io.BytesIO(layer)).getmembers()[-1].offset
+    pad = bytes(-len(layer) % RECORD)
+    ship = lab.ssh_argv(h, command("ship", "/var/lib/lamina", hex_))
+    for cut in (layer[:last], layer + pad, layer + pad + b"lamina-commit " + b"0" * 64 + b"\n"):
+        done = subprocess.run(ship, input=cut, capture_output=True, timeout=60)
+        assert done.returncode != 0 and b"nothing stored" in done.stderr, done.stderr
+        assert lab.run(h, "ls -A /var/lib/lamina/layers /var/lib/lamina/staging").stdout.split() == \
+            ["/var/lib/lamina/layers:", "/var/lib/lamina/staging:"]
+    done = subprocess.run(ship, input=layer + pad + f"lamina-commit {hex_}\n".encode(), capture_output=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.decode().startswith(f"LAYER {hex_} "), done.stderr
+    assert lab.run(h, f"ls /var/lib/lamina/layers/{hex_}/diff").stdout.split() == ["f0", "f1", "f2"]
+    assert lab.run(h, command("checkseal", "/var/lib/lamina", hex_)).stdout == ""
+
+
 def test_gc_lists_then_removes_only_unused_layers(hosts, tmp_path):
     lab = hosts
     h = lab.hosts[0]

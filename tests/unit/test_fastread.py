@@ -122,6 +122,26 @@ def test_fact_command_reads_a_real_tree(tmp_path):
     assert state.util_linux and state.mounts
 
 
+@pytest.mark.parametrize("linked", [False, True])
+def test_paths_resolve_as_readlink_does_with_or_without_a_symlink_above_them(tmp_path, linked):
+    """Without a symlink on the way to any path, the fact skips readlink and each path is its
+    own resolved form; a symlink anywhere above a path (here a dir the plan never names)
+    sends it through readlink -m. Both give what readlink -m gives."""
+    real = tmp_path / "real"
+    (real / "a" / "b").mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(real)
+    top = tmp_path / ("alias" if linked else "real")
+    paths = [str(top / "a"), str(top / "a" / "b"), str(top / "a" / "b" / "missing" / "deeper"), str(top / "new")]
+    plan = HostPlan(str(tmp_path / "state"), (Item("volume", "v", dirs=tuple(Dir(p) for p in paths)),), boot=False)
+    out = subprocess.run(["sh", "-c", facts.command(plan)], capture_output=True, text=True, check=True).stdout
+    assert ("@@lamina-resolved" in out.splitlines()) == linked
+    state = facts.parse(out.splitlines())
+    want = subprocess.run(["readlink", "-m", "--", *paths], capture_output=True, text=True).stdout.splitlines()
+    assert [state.paths[p].resolved for p in paths] == want
+    assert state.paths[str(top / "a" / "b")].is_dir and not state.paths[str(top / "new")].exists
+    assert str(tmp_path) in facts.above(paths) and "/" not in facts.above(paths)
+
+
 def test_fact_command_lists_the_layer_store_and_the_user_with_builtins(tmp_path):
     """The store's names come from shell globs (no process), link targets from one `ls -l`;
     `id` gives the user; an empty or missing dir lists nothing."""
@@ -173,12 +193,14 @@ def test_a_corrupt_layer_never_reaches_the_host_in_full(tmp_path):
     data = bytes(range(256)) * (3 * channel.CHUNK // 256 + 7)
     path.write_bytes(data)
     good = hashlib.sha256(data).hexdigest()
-    assert b"".join(channel.verified_chunks(str(path), good)) == data
+    assert b"".join(map(channel.as_bytes, channel.verified_chunks(str(path), good))) == data
     sent = []
     with pytest.raises(channel.Corrupt):
         for chunk in channel.verified_chunks(str(path), "0" * 64):
-            sent.append(chunk)
+            sent.append(channel.as_bytes(chunk))
     assert 0 < len(b"".join(sent)) < len(data)
+    *bulk, last = channel.verified_chunks(str(path), good)
+    assert bulk and all(isinstance(c, channel.FilePart) for c in bulk) and isinstance(last, bytes)  # bulk: sendfile
 
 
 def test_streams_of_one_layer_to_several_hosts_share_one_digest(tmp_path, monkeypatch):
@@ -197,9 +219,9 @@ def test_streams_of_one_layer_to_several_hosts_share_one_digest(tmp_path, monkey
     real = hashlib.sha256
     monkeypatch.setattr(channel.hashlib, "sha256", lambda: _Counting(real(), hashed))
     fast, slow = channel.verified_chunks(str(path), good), channel.verified_chunks(str(path), good)
-    got_fast, got_slow = [], [next(slow)]
-    got_fast += list(fast)  # one stream runs ahead to the end
-    got_slow += list(slow)  # the other follows what is hashed already
+    got_fast, got_slow = [], [channel.as_bytes(next(slow))]
+    got_fast += map(channel.as_bytes, fast)  # one stream runs ahead to the end
+    got_slow += map(channel.as_bytes, slow)  # the other follows, the digest done already
     assert b"".join(got_fast) == b"".join(got_slow) == data
     assert sum(hashed) == len(data)  # once, not twice
     path.write_bytes(data[::-1])  # rewritten: a new mtime, a new digest to compute
