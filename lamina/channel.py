@@ -105,10 +105,12 @@ def _sendfile(out: int, part: FilePart) -> None:
         try:
             n = os.sendfile(out, part.fd, part.offset + sent, part.size - sent)
         except BlockingIOError:  # a non-blocking pipe (gevent's, inside pyinfra): wait until it drains
-            select.select([], [out], [])
+            writable = select.poll()
+            writable.register(out, select.POLLOUT)
+            writable.poll()
             continue
         if n == 0:
-            raise OSError(f"sendfile: the file ended {part.size - sent} bytes early")
+            raise Corrupt(f"the layer file ended {part.size - sent} bytes early (changed while it was sent)")
         sent += n
 
 
@@ -211,8 +213,10 @@ def verified_chunks(path: str, sha256: str, size: int | None = None) -> Iterable
             yield FilePart(f.fileno(), offset, min(CHUNK, body - offset))
         last = os.pread(f.fileno(), st.st_size - body + 1, body)  # one byte more: a file that grew shows
         digest, hashed = shared.result()
+        now = os.fstat(f.fileno())  # the digest is of one read, the stream another: same file throughout
         if hashed != st.st_size or digest != sha256 or (size is not None and st.st_size != size) \
-                or body + len(last) != st.st_size:
+                or body + len(last) != st.st_size or (now.st_size, now.st_mtime_ns, now.st_ctime_ns) != \
+                (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             raise Corrupt(f"{path}: sha256 {digest} ({hashed} bytes), want {sha256} ({size} bytes)")
         if last:
             yield last

@@ -189,7 +189,7 @@ def command(plan: HostPlan) -> str:
         f"echo {MARK}-mountinfo; cat /proc/self/mountinfo",
         # (each process here costs the host ~1 ms on every run: builtins where they do)
         f"echo {MARK}-util-linux; mount -V 2>&1",
-        f"echo {MARK}-user; id",
+        f"echo {MARK}-user; LC_ALL=C id",
         # what lamina's scripts use beyond POSIX sh: a host without one is told so, not half-changed
         f"echo {MARK}-missing; for c in {' '.join(TOOLS)}; do command -v \"$c\" >/dev/null 2>&1 || echo \"$c\"; done",
         # the paths once, as "$@"; then two processes for all of them (a fork per path costs ~5 ms)
@@ -208,8 +208,8 @@ def command(plan: HostPlan) -> str:
         # (the echo ends a last line that has no newline of its own)
         *([f"head -n 1 -- /dev/null {files} 2>/dev/null || :; echo"] if files else []),
         f"echo {MARK}-init; [ -d /run/systemd/system ] && echo systemd || echo none",
-        *([f"echo {MARK}-blobs; sha256sum -- {' '.join(shlex.quote(b) for b in plan.blobs())} 2>/dev/null || :"]
-          if plan.blobs() else []),
+        *([f"echo {MARK}-blobs; for f in {' '.join(shlex.quote(b) for b in plan.blobs())}; do "
+           "[ -f \"$f\" ] && sha256sum -- \"$f\"; done 2>/dev/null"] if plan.blobs() else []),
         *(_store_listing(plan.state_dir) if plan.images or plan.gc else []),
         *(_seal_check(plan.state_dir) if plan.check_layers else []),
         f"echo {MARK}-end",

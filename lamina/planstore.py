@@ -199,4 +199,8 @@ def load(key: str | None) -> Entry | None:
     for name, sig in entry.inputs.items():
         if signature(name.removeprefix("tree:"), name.startswith("tree:")) != sig:
             return None
+    try:
+        os.utime(_path(key))  # in use: not swept as stale (a hit is not saved again)
+    except OSError:
+        pass
     return entry

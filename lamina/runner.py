@@ -294,6 +294,9 @@ def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = 
                             **flags)
     with connections:
         report, todo, rest = _quick(connections, specs, apply=apply, read=read, **flags)
+        for name in connections.hosts:
+            if name not in todo:
+                connections.release(name)  # a process and three fds fewer while the others converge
         _converge(connections, todo, report, lock_timeout)
         if rest:
             slow = _run_pyinfra(inventory_path, specs, apply=apply, sudo=sudo, limit=list(rest), plans=rest,

@@ -10,6 +10,7 @@ never silently trusted.
 from __future__ import annotations
 
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -155,11 +156,14 @@ class Connections:
                 command = self.argv(name)
                 if self.masters[name].poll() is not None:  # it could not connect: don't wait a timeout again
                     return Outcome(False, "", "no connection")
-                self.shells[name] = _Shell(command)
+                try:
+                    self.shells[name] = _Shell(command)
+                except OSError as e:  # no process to be had (fds, memory): the host fails alone
+                    return Outcome(False, "", str(e))
         shell = self.shells[name]
         if shell.lock.acquire(blocking=False):
             try:
-                if shell.alive:
+                if shell.alive and shell.quiet():
                     return shell.run(script, timeout)
             finally:
                 shell.lock.release()
@@ -169,6 +173,14 @@ class Connections:
         except (OSError, subprocess.TimeoutExpired) as e:
             return Outcome(False, "", str(e))
         return Outcome(done.returncode == 0, _text(done.stdout), _text(done.stderr))
+
+    def release(self, name: str) -> None:
+        """The host needs no more scripts: its shell may end now (`close` waits for it)."""
+        shell = self.shells.get(name)
+        if shell is not None and shell.lock.acquire(blocking=False):
+            shell.alive = False
+            shell.end()
+            shell.lock.release()
 
     def run_all(self, scripts: Mapping[str, str], timeout: float = 600) -> dict[str, Outcome]:
         """Run each host's script on its connection, every host at once."""
@@ -228,10 +240,11 @@ def _text(data: bytes) -> str:
 
 
 class _Shell:
-    """The master's session: a shell that runs each script it is sent in a subshell (no
-    variable, directory or `exit` of one reaches the next; stdin is /dev/null, so a script
-    cannot read the ones after it), then prints a marker with a random nonce and the exit
-    status on stdout, and the marker on stderr. The output between is the script's."""
+    """A session on the host's connection: a shell that runs each script it is sent in a
+    subshell (no variable, directory or `exit` of one reaches the next; stdin is /dev/null,
+    so a script cannot read the ones after it), then prints a marker with a random nonce and
+    the exit status on stdout, and the marker on stderr. The output before is the script's;
+    output after it (a process the script left behind, still writing) ends the shell's use."""
 
     def __init__(self, command: list[str]):
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -246,31 +259,42 @@ class _Shell:
         except OSError:  # the session is gone (no connection, sudo refused): say why
             return self._dead(bytearray(), bytearray())
         out, err = bytearray(), bytearray()
-        end_out, end_err = f"\n{mark} ".encode(), f"\n{mark}\n".encode()
-        rc = None
-        err_done = False
+        end_out = re.compile(rb"\n" + mark.encode() + rb" (\d+)\n")
+        end_err = f"\n{mark}\n".encode()
+        rc = stdout = stderr = None
         poll = select.poll()
         fds = {self.proc.stdout.fileno(): out, self.proc.stderr.fileno(): err}
         for fd in fds:
             poll.register(fd, select.POLLIN)
         deadline = time.monotonic() + timeout
-        while rc is None or not err_done:
+        while stdout is None or stderr is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 self.alive = False  # still busy with this script: later ones get their own session
                 return Outcome(False, _text(out), f"timed out after {timeout:g} s")
+            scan = max(0, len(out) - len(mark) - 32)  # the marker can only end in what is new
             for fd, _ in poll.poll(left * 1000):
                 chunk = os.read(fd, 1 << 16)
                 if not chunk:
                     return self._dead(out, err)
                 fds[fd] += chunk
-            if rc is None and out.endswith(b"\n") and (at := out.rfind(end_out)) >= 0:
-                rc = int(out[at + len(end_out):-1])
-                del out[at:]
-            if not err_done and err.endswith(end_err):
-                err_done = True
-                del err[-len(end_err):]
-        return Outcome(rc == 0, _text(out), _text(err))
+            if stdout is None and (found := end_out.search(out, scan)):
+                rc, stdout = int(found[1]), bytes(out[:found.start()])
+                self.alive = found.end() == len(out)
+            if stderr is None and (at := err.find(end_err)) >= 0:
+                stderr = bytes(err[:at])
+                self.alive = self.alive and at + len(end_err) == len(err)
+        return Outcome(rc == 0, _text(stdout), _text(stderr))
+
+    def quiet(self) -> bool:
+        """Nothing came since the last script's markers; else (a process it left behind still
+        writes, or the shell ended) later scripts get sessions of their own."""
+        pending = select.poll()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            pending.register(stream.fileno(), select.POLLIN)
+        if pending.poll(0):
+            self.alive = False
+        return self.alive
 
     def _dead(self, out: bytearray, err: bytearray) -> Outcome:
         """The shell ended (sudo refused, the connection dropped, or a script's syntax): the

@@ -11,7 +11,8 @@ stage="$SD/staging/$hex.$$"
 trap 'rm -rf -- "$stage"' EXIT
 mkdir -m 700 -- "$stage"
 mkdir -m 755 -- "$stage/diff"
-tar -x --xattrs --xattrs-include='trusted.*' --xattrs-include='security.capability' --numeric-owner -p \
+unset TAR_OPTIONS  # none of the host's defaults: -b 20 is the record size the controller pads to
+tar -x -b 20 --xattrs --xattrs-include='trusted.*' --xattrs-include='security.capability' --numeric-owner -p \
   -f - -C "$stage/diff"
 end=$(tr -d '\000')
 [ "$end" = "lamina-commit $hex" ] || fail "layer $hex: the stream ended before the whole layer arrived; nothing stored"

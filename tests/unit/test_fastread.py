@@ -9,6 +9,7 @@ import os
 import pwd
 import subprocess
 import textwrap
+import time
 from dataclasses import replace
 
 import pytest
@@ -170,6 +171,32 @@ def test_blob_digests_are_read_from_sha256sum_even_for_odd_names(tmp_path):
                          capture_output=True, text=True).stdout
     want = {str(n): hashlib.sha256(n.read_bytes()).hexdigest() for n in names[:3]}
     assert facts._blobs(out.splitlines()) == want
+
+
+def test_one_shell_runs_many_scripts_each_apart_with_its_own_output_and_status():
+    """sshrun._Shell as the hosts run it, here on a local `sh -s`: each script in a subshell
+    (variables, directory and `exit` stay there; stdin is not the next script), its stdout,
+    stderr and exit status told apart by markers; output left after a marker ends its use."""
+    shell = sshrun._Shell(["sh", "-s"])
+    try:
+        out = shell.run("x=1; cd /tmp; printf 'a\\nb'; echo oops >&2; cat; exit 3", 10)
+        assert (out.ok, out.stdout, out.stderr) == (False, "a\nb", "oops\n")
+        out = shell.run('echo "x=${x:-unset} $(pwd)"', 10)
+        assert (out.ok, out.stdout, out.stderr) == (True, f"x=unset {os.getcwd()}\n", "")
+        big = shell.run("i=0; while [ $i -lt 20000 ]; do echo line $i; i=$((i+1)); done", 10)
+        assert big.ok and big.stdout.splitlines()[-1] == "line 19999" and len(big.stdout.splitlines()) == 20000
+        assert shell.alive
+        assert shell.quiet()
+        late = shell.run("(sleep 0.2; echo late) & echo now", 10)
+        assert late.ok and late.stdout == "now\n"
+        time.sleep(0.5)
+        assert not shell.quiet() and not shell.alive  # "late" would land in the next script's output
+    finally:
+        shell.end()
+        shell.proc.wait(timeout=10)
+    dead = sshrun._Shell(["sh", "-c", "echo 'sudo: a password is required' >&2; exit 1"])
+    out = dead.run("echo hi", 10)
+    assert not out.ok and "password is required" in out.stderr and not dead.alive
 
 
 def test_shared_words_keep_commands_small():

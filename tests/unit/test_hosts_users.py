@@ -27,7 +27,7 @@ def test_the_fact_reads_the_user_and_a_non_root_user_is_one_clear_error():
         " or use --sudo (pyinfra: _sudo)"]
     root = facts.parse(["@@lamina-user", "uid=0(root) gid=0(root) groups=0(root)", "@@lamina-end"])
     assert root.user == (0, "root") and not diff.diff(HostPlan("/var/lib/lamina", ()), root).errors
-    assert "; id\n" in facts.command(HostPlan("/var/lib/lamina", ()))
+    assert "; LC_ALL=C id\n" in facts.command(HostPlan("/var/lib/lamina", ()))
     # the effective user counts (a setuid shell), and a uid without a name is its number
     assert facts.parse(["@@lamina-user", "uid=1001(lamina) gid=1001 euid=0(root)", "@@lamina-end"]).user == (0, "root")
     assert facts.parse(["@@lamina-user", "uid=4242 gid=4242 groups=4242", "@@lamina-end"]).user == (4242, "4242")
