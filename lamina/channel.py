@@ -173,8 +173,10 @@ class _Digest:
     go of the GIL) while the streams that send the file to several hosts run; each stream
     waits for it before its last chunk."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self) -> None:
         self.done, self.value = threading.Event(), ("", -1)
+
+    def start(self, fd: int) -> None:
         threading.Thread(target=self._hash, args=(os.dup(fd),), daemon=True).start()
 
     def _hash(self, fd: int) -> None:
@@ -205,9 +207,13 @@ def verified_chunks(path: str, sha256: str, size: int | None = None) -> Iterable
     instead). The digest is computed once per file per run, however many hosts it goes to."""
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())  # a rewritten file (new inode or mtime) is hashed afresh
-        with _DIGESTS_LOCK:
-            key = (path, sha256, st.st_ino, st.st_mtime_ns, st.st_size)
-            shared = _DIGESTS.get(key) or _DIGESTS.setdefault(key, _Digest(f.fileno()))
+        key = (path, sha256, st.st_ino, st.st_mtime_ns, st.st_size)
+        with _DIGESTS_LOCK:  # nothing in here may switch: this lock may predate gevent's patching
+            shared, fresh = _DIGESTS.get(key), key not in _DIGESTS
+            if fresh:
+                shared = _DIGESTS[key] = _Digest()
+        if fresh:
+            shared.start(f.fileno())
         body = max(0, st.st_size - CHUNK)
         for offset in range(0, body, CHUNK):
             yield FilePart(f.fileno(), offset, min(CHUNK, body - offset))

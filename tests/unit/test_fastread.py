@@ -256,6 +256,32 @@ def test_streams_of_one_layer_to_several_hosts_share_one_digest(tmp_path, monkey
         list(channel.verified_chunks(str(path), good))
 
 
+def test_streams_share_a_digest_in_greenlets_after_gevent_patches_threading(tmp_path):
+    """pyinfra_cli patches threading with gevent when the slow path imports it, after channel
+    was imported: streams of one layer to several hosts, as greenlets, must not deadlock."""
+    import sys
+
+    path = tmp_path / "layer.tar"
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    path.write_bytes(data)
+    script = textwrap.dedent("""\
+        import sys
+        from lamina import channel  # first, as in a run: its lock predates the patching
+        from gevent import monkey
+        monkey.patch_all()
+        import gevent
+        path, want = sys.argv[1:]
+        jobs = [gevent.spawn(lambda: b"".join(map(channel.as_bytes, channel.verified_chunks(path, want))))
+                for _ in range(3)]
+        gevent.joinall(jobs, timeout=30)
+        print([len(j.value) if j.successful() else None for j in jobs])
+        """)
+    out = subprocess.run([sys.executable, "-c", script, str(path), hashlib.sha256(data).hexdigest()],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str([len(data)] * 3)
+
+
 class _Counting:
     def __init__(self, sha, counts):
         self.sha, self.counts = sha, counts
