@@ -255,8 +255,12 @@ def bench_fanout(many: int, runs: int) -> dict:
            "all_hosts_s": round(statistics.median(all_), 3), "all_hosts_cpu_s": round(statistics.median(cpu), 3),
            "cpus": os.cpu_count()}
     log(f"fan-out demo: 1 host {row['one_host_s']:.2f}s, {many} hosts {row['all_hosts_s']:.2f}s"
-        f" using {row['all_hosts_cpu_s']:.2f} CPU-s of the machine")
+        f" using {row['all_hosts_cpu_s']:.2f} CPU-s of the machine (runs: {_runs(one)}; {_runs(all_)}; {_runs(cpu)})")
     return row
+
+
+def _runs(values: Sequence[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
 
 
 # --- report ----------------------------------------------------------------------------------

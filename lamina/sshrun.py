@@ -210,19 +210,18 @@ class Connections:
         return {n: results[n] for n in names}
 
     def close(self) -> None:
-        """End the shells (end of input), then the connections."""
+        """End the shells (end of input), then the connections. OpenSSH 9.2's client can miss
+        a SIGTERM that lands just before it polls (SA_RESTART: it wakes at its next timeout,
+        seconds later), so a master that has not gone after a moment is killed: nothing runs
+        on it any more."""
         for name in self.masters:
             _LIVE.pop(name, None)
         for shell in self.shells.values():
             shell.end()
+        _ended([s.proc for s in self.shells.values()], 5)
         for master in self.masters.values():
             master.terminate()
-        for proc in [*(s.proc for s in self.shells.values()), *self.masters.values()]:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _ended(self.masters.values(), 0.3)
         for shell in self.shells.values():
             shell.proc.stdout.close()
             shell.proc.stderr.close()
@@ -233,6 +232,17 @@ class Connections:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _ended(procs, grace: float) -> None:
+    """Wait up to `grace` seconds in all for the processes to exit; kill those that did not."""
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _text(data: bytes) -> str:
