@@ -39,7 +39,7 @@ flock -x "$d/apply.busy" true
 
 
 # The first lines of every script that changes a host.
-BUSY = f"mkdir -p -m 700 {LOCK_DIR} && exec 8>>{LOCK_DIR}/apply.busy && flock -s 8"
+BUSY = f"{{ [ -d {LOCK_DIR} ] || mkdir -p -m 700 {LOCK_DIR}; }} && exec 8>>{LOCK_DIR}/apply.busy && flock -s 8"
 
 
 def holder() -> str:

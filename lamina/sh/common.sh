@@ -2,37 +2,44 @@
 set -eu
 fail() { printf 'lamina: %s\n' "$*" >&2; exit 1; }
 
-# sha256 of stdin, 64 hex digits: OpenSSL's when the host has a working one (it uses the
-# CPU's SHA instructions: 4x coreutils 9.1's sha256sum on 200 MiB here), else coreutils'.
-if [ "$(printf '' | openssl dgst -sha256 -r 2>/dev/null | cut -c1-64)" = \
-     e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 ]; then
-  sha256() { openssl dgst -sha256 -r | cut -c1-64; }
-else
-  sha256() { sha256sum | cut -c1-64; }
-fi
+# digest CMD...: the sha256 of what CMD writes, 64 hex digits. OpenSSL's (it uses the CPU's
+# SHA instructions: 4x coreutils 9.1's sha256sum on 200 MiB here); where the host has no
+# working openssl, CMD runs again into coreutils' sha256sum. No probe up front: an exec of
+# openssl costs ~7 ms, and most scripts hash nothing.
+digest() {
+  _h=$("$@" | openssl dgst -sha256 -r 2>/dev/null) || _h=
+  _h=${_h%% *}
+  case $_h in *[!0-9a-f]*) _h= ;; esac
+  if [ "${#_h}" != 64 ]; then
+    _h=$("$@" | sha256sum) || fail "cannot compute a sha256"
+    _h=${_h%% *}
+  fi
+  printf '%s\n' "$_h"
+}
 
 # The seal of a layer directory: sha256 of the tar that this host's GNU tar writes for it,
 # sorted and without times other than mtime. Recomputed later, it proves the layer unchanged.
 seal() {
-  tar -C "$1" --sort=name --numeric-owner --format=posix \
+  digest tar -C "$1" --sort=name --numeric-owner --format=posix \
     --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
-    --xattrs --xattrs-include=trusted.overlay.opaque -cf - . | sha256
+    --xattrs --xattrs-include=trusted.overlay.opaque -cf - .
 }
 
-# link SD HEX: make sure a short link l/NAME -> ../layers/HEX/diff exists; print NAME.
-# Short names keep a 500-layer lowerdir= under one page (mounted from SD/l as cwd).
+# link SD HEX: make sure a short link l/NAME -> ../layers/HEX/diff exists; NAME is left in
+# $_name (no subshell, no cut: a first converge runs this for every layer). Short names keep
+# a 500-layer lowerdir= under one page (mounted from SD/l as cwd).
 link() {
-  _n=6
+  _q=??????
   while :; do
-    _name=$(printf '%s' "$2" | cut -c1-$_n)
+    _rest=${2#$_q}
+    _name=${2%"$_rest"}
     if [ -L "$1/l/$_name" ]; then
       [ "$(readlink -- "$1/l/$_name")" = "../layers/$2/diff" ] && break
     elif [ ! -e "$1/l/$_name" ]; then
       ln -s -- "../layers/$2/diff" "$1/l/$_name" && break
     fi
-    _n=$((_n + 1))
+    _q="$_q?"
   done
-  printf '%s\n' "$_name"
 }
 
 # commit SD STAGE HEX [SEAL]: STAGE/diff becomes layer HEX, atomically (a crash leaves
@@ -43,15 +50,17 @@ commit() {
     [ -d "$1/layers/$3/diff" ] || fail "cannot move layer $3 into place"
     rm -rf -- "$2"  # the same content arrived meanwhile
   fi
-  printf 'LAYER %s %s\n' "$3" "$(link "$1" "$3")"
+  link "$1" "$3"
+  printf 'LAYER %s %s\n' "$3" "$_name"
 }
 
 # The layer store's directories, root-only; and hold apply.busy shared while this script
 # runs, so that the host's apply lock outlives it (lamina/lock.py).
 # shellcheck disable=SC2174  # parents exist; -m is for these dirs
 store() {
-  mkdir -p -m 700 /run/lamina && exec 8>>/run/lamina/apply.busy && flock -s 8
-  mkdir -p -m 700 -- "$SD" "$SD/layers" "$SD/l" "$SD/staging" "$SD/cache"
+  { [ -d /run/lamina ] || mkdir -p -m 700 /run/lamina; } && exec 8>>/run/lamina/apply.busy && flock -s 8
+  [ -d "$SD/layers" ] && [ -d "$SD/l" ] && [ -d "$SD/staging" ] && [ -d "$SD/cache" ] ||
+    mkdir -p -m 700 -- "$SD" "$SD/layers" "$SD/l" "$SD/staging" "$SD/cache"
 }
 
 # Remove the leftovers of interrupted builds, detaching a build mount left in one first

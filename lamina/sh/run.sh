@@ -17,7 +17,7 @@ trap cleanup EXIT
 # Mount points for /dev and /proc live in a layer of their own under the upper dir,
 # so they never land in the step's layer (Docker's "init layer").
 # shellcheck disable=SC2174
-mkdir -p -m 755 -- "$SD/init/dev" "$SD/init/proc"
+[ -d "$SD/init/proc" ] && [ -d "$SD/init/dev" ] || mkdir -p -m 755 -- "$SD/init/dev" "$SD/init/proc"
 mkdir -m 700 -- "$stage"
 mkdir -m 755 -- "$stage/diff" "$stage/work" "$m"
 lower=../init

@@ -92,10 +92,17 @@ def test_first_converge_creates_and_mounts_everything_in_order(host_plan):
     assert order == ["overlay /srv/merged", "/srv/share /mnt/share",
                      "/var/lib/lamina/volumes/data/_data /srv/merged/data",
                      "/srv/share /srv/merged/share", "tmpfs /srv/merged/scratch"]
-    # every directory outside the new overlay is made before the first mount
+    # every directory outside the new overlay is made before the first mount, in one mkdir
+    # (parents first), then given its mode
     first_mount = script.index("\nmount ")
-    assert script.index("mkdir -p -m 700 -- /var/lib/lamina\n") < first_mount
-    assert script.index("mkdir -p -m 700 -- /srv/work") < first_mount
+    mkdirs = [line for line in script.splitlines() if line.startswith("mkdir -p -m 700 -- ")]
+    assert len(mkdirs) == 1 and script.index(mkdirs[0]) < first_mount
+    made = mkdirs[0].split(" -- ")[1].split()
+    assert made.index("/var/lib/lamina") < made.index("/var/lib/lamina/volumes") and "/srv/work" in made
+    modes = {line.split()[1]: line.split(" -- ")[1].split() for line in script.splitlines() if line.startswith("chmod")}
+    assert "/srv/work" not in [p for ps in modes.values() for p in ps]  # a work dir stays 700
+    assert "/srv/up" in modes["755"] and "/var/lib/lamina/volumes/data/_data" in modes["755"]
+    assert max(script.index(f"chmod {m} ") for m in modes) < first_mount
     # the target inside the merged tree is made after the overlay is mounted
     assert script.index("mkdir -p -- /srv/merged/data") > script.index("overlay /srv/merged")
     assert "printf '%s\\n' '{\"team\": \"lab\"}' > /var/lib/lamina/volumes/data/labels.json" in script
@@ -130,7 +137,7 @@ def test_unmounted_bind_is_the_only_change(host_plan):
 def test_deleted_work_dir_is_recreated(host_plan):
     result = run(host_plan, missing={"/srv/work"})
     assert reasons(result) == {"overlay /srv/merged": ["missing /srv/work"]}
-    assert "mkdir -p -m 700 -- /srv/work" in diff.script(result)
+    assert "mkdir -p -m 700 -- /srv/work\n" in diff.script(result)
 
 
 def test_foreign_filesystem_on_target_is_replaced(host_plan):
