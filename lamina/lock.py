@@ -58,6 +58,21 @@ def command(timeout: float, sudo: bool, password_on_stdin: bool = False) -> str:
     return f"sudo -S -p '' -H {cmd}" if password_on_stdin else f"sudo -n -H {cmd}"
 
 
+def in_shell(timeout: float, directory: str = LOCK_DIR) -> str:
+    """The lock taken by the host's lamina shell itself (sshrun `toplevel`): fd 9 holds it
+    for as long as that shell lives, and the scripts it runs inherit it. When the shell's
+    input ends (the run is done, or the connection is gone), its EXIT trap waits for this
+    run's other scripts (layer streams, holding apply.busy shared) before it lets go. One
+    session and five processes fewer than `command`; it reads nothing from stdin, which
+    carries the shell's next scripts."""
+    d = shlex.quote(directory)
+    return (f"{{ [ -d {d} ] || mkdir -p -m 700 -- {d}; }} && exec 9>>{d}/apply.lock && "
+            f"if flock -w {int(timeout)} 9; then printf '%s\n' {shlex.quote(holder())} > {d}/apply.holder && "
+            f"trap 'flock -x {d}/apply.busy true' EXIT && echo locked; "
+            f"else printf 'busy %s\n' \"$(cat -- {d}/apply.holder 2>/dev/null || echo 'an unknown holder')\"; "
+            f"exec 9>&-; fi")
+
+
 def busy(reply: str, stderr: str, timeout: float) -> str:
     """The user's message when the lock was not taken."""
     if reply.startswith("busy "):

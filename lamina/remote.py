@@ -95,6 +95,7 @@ class OpenSSH:
         self.connections, self.name = connections, name
         self.sudo = connections.sudo
         self._lock: subprocess.Popen | None = None
+        self._shell_lock = False
 
     def run(self, command: str) -> Done:
         out = self.connections.run(self.name, command)
@@ -104,6 +105,13 @@ class OpenSSH:
         return channel.openssh(self.connections.argv(self.name, channel.wrap(command, self.sudo)), data)
 
     def lock(self, timeout: float) -> None:
+        held = self.connections.run(self.name, lock.in_shell(timeout), timeout + 30, toplevel=True)
+        if held is not None:  # the host's shell took it (or said why not); else a session of its own
+            reply = held.stdout.strip()
+            if reply != "locked":
+                raise Failed(lock.busy(reply, held.stderr, timeout))
+            self._shell_lock = True
+            return
         argv = self.connections.argv(self.name, lock.command(timeout, self.sudo))
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         reply = proc.stdout.readline().decode(errors="replace").strip()
@@ -116,6 +124,9 @@ class OpenSSH:
 
     def close(self) -> None:
         """Let go of the lock: the host keeps it until this run's scripts are finished."""
+        if self._shell_lock:
+            self.connections.release(self.name)  # the shell ends: its EXIT trap, then the lock
+            self._shell_lock = False
         if self._lock is not None:
             self._lock.stdin.close()
             try:

@@ -148,9 +148,8 @@ class Connections:
         self._ready(name, n)
         return argv(name, self.hosts[name], self.sudo, remote=remote, extra=self._control(n, "no"))
 
-    def run(self, name: str, script: str, timeout: float = 600) -> Outcome:
-        """Run a script through `sh -s` (under sudo when asked) on the host's connection: in
-        its shell, or in a session of its own while the shell is busy or gone."""
+    def _shell(self, name: str) -> _Shell | Outcome:
+        """The host's shell, started on first use; or why there is none."""
         with self.starting[name]:
             if name not in self.shells:
                 command = self.argv(name)
@@ -160,13 +159,24 @@ class Connections:
                     self.shells[name] = _Shell(command)
                 except OSError as e:  # no process to be had (fds, memory): the host fails alone
                     return Outcome(False, "", str(e))
-        shell = self.shells[name]
+        return self.shells[name]
+
+    def run(self, name: str, script: str, timeout: float = 600, toplevel: bool = False) -> Outcome | None:
+        """Run a script through `sh -s` (under sudo when asked) on the host's connection: in
+        its shell, or in a session of its own while the shell is busy or gone. `toplevel`:
+        in the shell itself, not a subshell, so that what the script sets up (an open file,
+        a trap) lasts as long as the shell; None then when the shell cannot take it."""
+        shell = self._shell(name)
+        if isinstance(shell, Outcome):
+            return shell
         if shell.lock.acquire(blocking=False):
             try:
                 if shell.alive and shell.quiet():
-                    return shell.run(script, timeout)
+                    return shell.run(script, timeout, toplevel)
             finally:
                 shell.lock.release()
+        if toplevel:
+            return None
         try:
             done = subprocess.run(self.argv(name), input=script.encode(errors="surrogateescape"),
                                   capture_output=True, timeout=timeout)
@@ -260,9 +270,10 @@ class _Shell:
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.lock, self.alive = threading.Lock(), True
 
-    def run(self, script: str, timeout: float) -> Outcome:
+    def run(self, script: str, timeout: float, toplevel: bool = False) -> Outcome:
         mark = f"@@lamina-done-{os.urandom(8).hex()}"
-        payload = f"(\n{script}\n) </dev/null\nprintf '\\n%s %s\\n' {mark} \"$?\"; printf '\\n%s\\n' {mark} >&2\n"
+        body = f"{script}\n" if toplevel else f"(\n{script}\n) </dev/null\n"
+        payload = f"{body}printf '\\n%s %s\\n' {mark} \"$?\"; printf '\\n%s\\n' {mark} >&2\n"
         try:
             self.proc.stdin.write(payload.encode(errors="surrogateescape"))
             self.proc.stdin.flush()

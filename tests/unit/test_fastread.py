@@ -330,3 +330,27 @@ def test_boot_templates_render_as_jinja2_renders_them():
               "script": "/var/lib/lamina/boot.sh", "wanted_by": "multi-user.target"}
     for name in ("boot.sh.j2", "lamina-mounts.service.j2"):
         assert boot.render(name, **values) == env.get_template(name).render(**values)
+
+
+def test_the_lock_taken_by_a_shell_lasts_until_its_input_ends_and_the_runs_scripts_are_done(tmp_path):
+    """lock.in_shell, run at the top level of a `sh -s` (as sshrun's shell runs it): the lock
+    is held while the shell lives, a second taker is told who holds it, and once the shell's
+    input ends the lock waits for scripts still holding apply.busy shared (layer streams)."""
+    from lamina import lock
+
+    d = str(tmp_path / "run")
+    held = lambda: subprocess.run(["flock", "-n", f"{d}/apply.lock", "true"]).returncode != 0  # noqa: E731
+    shell = subprocess.Popen(["sh", "-s"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    shell.stdin.write(lock.in_shell(5, d) + "\n")
+    shell.stdin.flush()
+    assert shell.stdout.readline() == "locked\n" and held()
+    other = subprocess.run(["sh", "-c", lock.in_shell(1, d)], capture_output=True, text=True)
+    assert other.stdout == f"busy {open(f'{d}/apply.holder').read()}"
+    stream = subprocess.Popen(["flock", "-s", f"{d}/apply.busy", "sleep", "1"])  # a layer stream of this run
+    time.sleep(0.2)
+    shell.stdin.close()
+    time.sleep(0.4)
+    assert shell.poll() is None and held()  # input ended; the stream still runs
+    stream.wait()
+    shell.wait(timeout=5)
+    assert not held()
