@@ -493,12 +493,16 @@ def mkdir_commands(dirs: list[tuple[str, int]]) -> list[str]:
     """Create the directories in one mkdir, then give each its mode: a process per directory
     is most of a first converge's cost on a host. All are made 700, then opened up to their
     modes: none is ever more open than asked, and the result is that of one mkdir -m each."""
-    if not dirs:
-        return []
-    lines = [f"mkdir -p -m 700 -- {' '.join(q(p) for p, _ in dirs)}"]
-    for mode in sorted({m for _, m in dirs} - {0o700}):
-        lines.append(f"chmod {mode:o} -- {' '.join(q(p) for p, m in dirs if m == mode)}")
+    lines = []
+    for i in range(0, len(dirs), ARGS_PER_COMMAND):  # argv stays far below the host's ARG_MAX
+        part = dirs[i:i + ARGS_PER_COMMAND]
+        lines.append(f"mkdir -p -m 700 -- {' '.join(q(p) for p, _ in part)}")
+        for mode in sorted({m for _, m in part} - {0o700}):
+            lines.append(f"chmod {mode:o} -- {' '.join(q(p) for p, m in part if m == mode)}")
     return lines
+
+
+ARGS_PER_COMMAND = 256
 
 
 def script(result: Result) -> str:

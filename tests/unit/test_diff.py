@@ -269,3 +269,24 @@ def test_a_target_that_resolves_into_a_protected_path_is_refused(tmp_path):
     out = fact_output(hp, BASE, resolved={"/mnt/link": "/proc/sys"})
     result = diff.diff(hp, facts.parse(out))
     assert result.errors == ["bind /mnt/link: /mnt/link resolves on this host to /proc/sys, where lamina never mounts"]
+
+
+def test_many_new_directories_take_few_commands_and_keep_their_modes():
+    dirs = [(f"/srv/d{i}", 0o755 if i % 3 else 0o700) for i in range(600)]
+    lines = diff.mkdir_commands(dirs)
+    assert len(lines) == 6  # 3 parts of at most 256: a mkdir and a chmod each
+    made = [p for line in lines if line.startswith("mkdir") for p in line.split(" -- ")[1].split()]
+    opened = {p for line in lines if line.startswith("chmod 755") for p in line.split(" -- ")[1].split()}
+    assert made == [p for p, _ in dirs] and opened == {p for p, m in dirs if m == 0o755}
+    assert diff.mkdir_commands([]) == []
+
+
+def test_new_directories_get_exactly_their_modes_whatever_the_umask(tmp_path):
+    import os
+    import subprocess
+
+    t = str(tmp_path)
+    dirs = [(f"{t}/state", 0o700), (f"{t}/state/vol", 0o700), (f"{t}/state/vol/_data", 0o755),
+            (f"{t}/srv/upper", 0o755), (f"{t}/srv/work", 0o700), (f"{t}/srv/tmp", 0o1777)]
+    subprocess.run(["sh", "-ec", "umask 077\n" + "\n".join(diff.mkdir_commands(dirs))], check=True)
+    assert {p: os.stat(p).st_mode & 0o7777 for p, _ in dirs} == dict(dirs)
