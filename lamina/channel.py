@@ -74,7 +74,11 @@ def _done(ok: bool, out: list[bytes], err: list[bytes]) -> Done:
 
 
 def openssh(argv: list[str], data: Iterable[bytes | FilePart]) -> Done:
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return stream(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE), data)
+
+
+def stream(proc, data: Iterable[bytes | FilePart]) -> Done:
+    """`data` into a started session's stdin (an ssh client's Popen, or a mux.Session)."""
     readers = [_reader(proc.stdout), _reader(proc.stderr)]
     try:
         for chunk in data:

@@ -1,8 +1,9 @@
 """A per-host lock, so two applies never interleave their changes on one host.
 
-The lock is a kernel lock (util-linux `flock`) held by a command that runs for as long
-as its SSH channel stays open: it goes away with the connection, so a crashed or killed
-apply never leaves a stale lock behind. Every script that changes the host holds
+The lock is a kernel lock (util-linux `flock`) held by the run's shell on the host (`in_shell`;
+on pyinfra's connections, by a command of its own, `command`) for as long as its SSH channel
+stays open: it goes away with the connection, so a crashed or killed apply never leaves a
+stale lock behind. Every script that changes the host holds
 `apply.busy` shared while it runs (see BUSY), and the lock is released only once they
 are done: a script that outlives a killed controller never overlaps the next run.
 Only runs that change something take it — a no-op run reads, and stays at its two

@@ -102,7 +102,7 @@ class OpenSSH:
         return Done(out.ok, out.stdout.splitlines(), out.stderr.splitlines())
 
     def stream(self, command: str, data: Iterable[bytes | FilePart], spool: str) -> Done:
-        return channel.openssh(self.connections.argv(self.name, channel.wrap(command, self.sudo)), data)
+        return channel.stream(self.connections.open(self.name, channel.wrap(command, self.sudo)), data)
 
     def lock(self, timeout: float) -> None:
         held = self.connections.run(self.name, lock.in_shell(timeout), timeout + 30, toplevel=True)
@@ -112,8 +112,7 @@ class OpenSSH:
                 raise Failed(lock.busy(reply, held.stderr, timeout))
             self._shell_lock = True
             return
-        argv = self.connections.argv(self.name, lock.command(timeout, self.sudo))
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = self.connections.open(self.name, lock.command(timeout, self.sudo))
         reply = proc.stdout.readline().decode(errors="replace").strip()
         if reply != "locked":
             proc.stdin.close()

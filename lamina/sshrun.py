@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
+    from . import mux
+
 CONNECT_TIMEOUT = 10  # pyinfra's default
 
 # Host data that `argv` maps onto OpenSSH options; any other ssh_* or _* key means "let
@@ -71,9 +73,12 @@ def argv(name: str, data: Mapping[str, Any], sudo: bool, remote: str | None = No
             cmd += [flag, str(data[key])]
     if data.get("ssh_known_hosts_file"):
         cmd += ["-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}"]
-    if remote is None:
-        remote = "sudo -H -n sh -s" if sudo else "sh -s"  # the script comes on stdin
+    remote = _remote(remote, sudo)
     return [*cmd, "--", str(data.get("ssh_hostname") or name), *([remote] if remote else [])]
+
+
+def _remote(remote: str | None, sudo: bool) -> str:
+    return ("sudo -H -n sh -s" if sudo else "sh -s") if remote is None else remote  # None: a script on stdin
 
 
 def _private_dir() -> str:
@@ -140,7 +145,7 @@ class Connections:
         deadline = time.monotonic() + CONNECT_TIMEOUT + 2
         sock = os.path.join(self.dir, str(n))
         while not os.path.exists(sock) and self.masters[name].poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
+            time.sleep(0.002)
 
     def argv(self, name: str, remote: str | None = None) -> list[str]:
         """`ssh` on the host's open connection: REMOTE, or (default) a script on stdin."""
@@ -148,15 +153,31 @@ class Connections:
         self._ready(name, n)
         return argv(name, self.hosts[name], self.sudo, remote=remote, extra=self._control(n, "no"))
 
+    def open(self, name: str, remote: str | None = None) -> mux.Session | subprocess.Popen:
+        """A session on the host's open connection running REMOTE (default: `sh -s`), with
+        pipes for its stdin, stdout and stderr: asked of the master directly (mux.Session),
+        else from an ssh client, which also connects afresh and says why if the master is gone."""
+        from . import mux  # socket, struct: after the masters are spawned
+
+        n = self.index[name]
+        self._ready(name, n)
+        if self.masters[name].poll() is None:
+            try:
+                return mux.Session(os.path.join(self.dir, str(n)), _remote(remote, self.sudo))
+            except (OSError, EOFError, mux.Refused):
+                pass
+        return subprocess.Popen(self.argv(name, remote), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+
     def _shell(self, name: str) -> _Shell | Outcome:
         """The host's shell, started on first use; or why there is none."""
         with self.starting[name]:
             if name not in self.shells:
-                command = self.argv(name)
+                self._ready(name, self.index[name])
                 if self.masters[name].poll() is not None:  # it could not connect: don't wait a timeout again
                     return Outcome(False, "", "no connection")
                 try:
-                    self.shells[name] = _Shell(command)
+                    self.shells[name] = _Shell(self.open(name))
                 except OSError as e:  # no process to be had (fds, memory): the host fails alone
                     return Outcome(False, "", str(e))
         return self.shells[name]
@@ -266,8 +287,8 @@ class _Shell:
     the exit status on stdout, and the marker on stderr. The output before is the script's;
     output after it (a process the script left behind, still writing) ends the shell's use."""
 
-    def __init__(self, command: list[str]):
-        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def __init__(self, proc: mux.Session | subprocess.Popen):
+        self.proc = proc
         self.lock, self.alive = threading.Lock(), True
 
     def run(self, script: str, timeout: float, toplevel: bool = False) -> Outcome:

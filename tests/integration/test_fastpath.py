@@ -98,3 +98,37 @@ def test_an_unreachable_host_fails_alone_on_the_fast_read(hosts, tmp_path):  # n
     assert re.search(r"^ghost: FAILED: .+", out.stdout, re.M), out.stdout
     assert all(re.search(rf"^{h}: \d+ changed, 0 unchanged$", out.stdout, re.M) for h in lab.hosts), out.stdout
     assert time.monotonic() - start < 60
+
+
+def test_sessions_are_opened_on_the_master_without_an_ssh_client(hosts):  # noqa: F811
+    """mux.Session, as the shells, locks and layer streams use it: the master runs the command
+    with lamina's own pipes (no mux client process), gives its output, stderr and exit status;
+    a dropped session ends the remote side's input; with the master gone, an ssh client
+    connects afresh instead."""
+    import time
+
+    from lamina import mux, sshrun
+
+    lab = hosts
+    h = lab.hosts[0]
+    with sshrun.Connections.for_inventory(str(lab.inventory), [h], False) as conns:
+        s = conns.open(h, "cat; echo to-stderr >&2; exit 7")
+        assert isinstance(s, mux.Session)
+        s.stdin.write(b"x" * 300_000)  # more than a pipe holds: the master drains it as it goes
+        s.stdin.close()
+        assert len(s.stdout.read()) == 300_000 and s.stderr.read() == b"to-stderr\n"
+        assert s.wait(timeout=30) == 7 and s.poll() == 7
+        cut = conns.open(h, "cat >/dev/null; echo input-ended > /tmp/mux-cut")
+        cut.stdin.write(b"partial")
+        cut.stdin.flush()
+        cut.kill()
+        deadline = time.monotonic() + 10
+        while lab.run(h, "cat /tmp/mux-cut 2>/dev/null").stdout != "input-ended\n" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lab.run(h, "cat /tmp/mux-cut; rm -f /tmp/mux-cut").stdout == "input-ended\n"
+        conns.masters[h].terminate()
+        conns.masters[h].wait()
+        again = conns.open(h, "echo fresh")
+        assert not isinstance(again, mux.Session)
+        out, _ = again.communicate(timeout=30)
+        assert again.returncode == 0 and out == b"fresh\n"

@@ -177,7 +177,8 @@ def test_one_shell_runs_many_scripts_each_apart_with_its_own_output_and_status()
     """sshrun._Shell as the hosts run it, here on a local `sh -s`: each script in a subshell
     (variables, directory and `exit` stay there; stdin is not the next script), its stdout,
     stderr and exit status told apart by markers; output left after a marker ends its use."""
-    shell = sshrun._Shell(["sh", "-s"])
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    shell = sshrun._Shell(subprocess.Popen(["sh", "-s"], **pipes))
     try:
         out = shell.run("x=1; cd /tmp; printf 'a\\nb'; echo oops >&2; cat; exit 3", 10)
         assert (out.ok, out.stdout, out.stderr) == (False, "a\nb", "oops\n")
@@ -194,7 +195,7 @@ def test_one_shell_runs_many_scripts_each_apart_with_its_own_output_and_status()
     finally:
         shell.end()
         shell.proc.wait(timeout=10)
-    dead = sshrun._Shell(["sh", "-c", "echo 'sudo: a password is required' >&2; exit 1"])
+    dead = sshrun._Shell(subprocess.Popen(["sh", "-c", "echo 'sudo: a password is required' >&2; exit 1"], **pipes))
     out = dead.run("echo hi", 10)
     assert not out.ok and "password is required" in out.stderr and not dead.alive
 

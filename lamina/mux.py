@@ -1,0 +1,123 @@
+"""Sessions on an OpenSSH master's connection, opened from Python through its control socket
+(OpenSSH's PROTOCOL.mux, version 4) rather than by an `ssh` mux client process.
+
+A mux client does nothing but this: it says hello, asks for a session running COMMAND, hands
+the master its stdin, stdout and stderr as file descriptors, and waits for the exit status.
+Here the three are pipes whose other ends lamina keeps, so the master reads and writes them
+directly, as it would a client's; what is saved is the exec of ssh (its start-up, config and
+libraries: ~10 ms of CPU) for every script shell, lock and layer stream. A session behaves
+like the subprocess.Popen of that client: stdin/stdout/stderr, wait, poll, kill, returncode.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+
+HELLO, NEW_SESSION, VERSION = 0x00000001, 0x10000002, 4
+S_PERMISSION_DENIED, S_FAILURE, S_EXIT_MESSAGE = 0x80000002, 0x80000003, 0x80000004
+S_SESSION_OPENED, S_TTY_ALLOC_FAIL = 0x80000006, 0x80000008
+NO_ESCAPE = 0xFFFFFFFF
+OPEN_TIMEOUT = 60  # a master that cannot get a channel opened by then: an ssh client tries afresh
+
+
+class Refused(Exception):
+    """The master would not open the session (or spoke another protocol)."""
+
+
+def _string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+class Session:
+    def __init__(self, control_path: str, command: str):
+        self.returncode: int | None = None
+        self._exit: int | None = None
+        self._buffer = bytearray()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours: list[int] = []
+        self._sock.settimeout(OPEN_TIMEOUT)
+        try:
+            self._sock.connect(control_path)
+            self._send(struct.pack(">II", HELLO, VERSION))
+            kind, version = struct.unpack(">II", self._packet()[:8])  # extensions follow; none are used
+            if kind != HELLO or version != VERSION:
+                raise Refused(f"control socket speaks mux protocol {kind:#x}/{version}, not {VERSION}")
+            self._send(struct.pack(">II", NEW_SESSION, 1) + _string(b"")  # request id, reserved
+                       + struct.pack(">IIIII", 0, 0, 0, 0, NO_ESCAPE)  # no tty, X11, agent, subsystem
+                       + _string(b"") + _string(command.encode(errors="surrogateescape")))  # no TERM
+            stdin, stdout, stderr = os.pipe(), os.pipe(), os.pipe()
+            ours = [stdin[1], stdout[0], stderr[0]]
+            theirs = [stdin[0], stdout[1], stderr[1]]
+            try:
+                for fd in theirs:  # one byte and one descriptor each, as OpenSSH's mm_send_fd
+                    socket.send_fds(self._sock, [b"\0"], [fd])
+            finally:
+                for fd in theirs:
+                    os.close(fd)  # the master has its own copies now
+            reply = self._packet()
+            kind, _ = struct.unpack(">II", reply[:8])
+            if kind != S_SESSION_OPENED:
+                reason = reply[12:].decode(errors="replace") if kind in (S_FAILURE, S_PERMISSION_DENIED) else ""
+                raise Refused(f"the master refused the session: {reason or hex(kind)}")
+            self._sock.settimeout(None)
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            self._sock.close()
+            raise
+        self.stdin = os.fdopen(ours[0], "wb")
+        self.stdout = os.fdopen(ours[1], "rb")
+        self.stderr = os.fdopen(ours[2], "rb")
+
+    def _send(self, body: bytes) -> None:
+        self._sock.sendall(_string(body))
+
+    def _packet(self) -> bytes:
+        """The next message's body; EOFError when the master closed the socket."""
+        while True:
+            if len(self._buffer) >= 4:
+                size = struct.unpack(">I", self._buffer[:4])[0]
+                if len(self._buffer) >= 4 + size:
+                    body = bytes(self._buffer[4:4 + size])
+                    del self._buffer[:4 + size]
+                    return body
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self._buffer += chunk
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The remote command's exit status, once the master has closed the session (255 when
+        it ended without one: the connection is gone, or the command died of a signal)."""
+        if self.returncode is not None:
+            return self.returncode
+        self._sock.settimeout(timeout)
+        try:
+            while True:
+                body = self._packet()
+                if struct.unpack(">I", body[:4])[0] == S_EXIT_MESSAGE:
+                    self._exit = struct.unpack(">I", body[8:12])[0]
+        except (TimeoutError, BlockingIOError):
+            raise subprocess.TimeoutExpired(f"session on {self._sock}", timeout) from None
+        except (EOFError, OSError):
+            pass
+        self._finish()
+        return self.returncode
+
+    def poll(self) -> int | None:
+        try:
+            return self.wait(0)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        """Drop the session: the master ends its channel (the remote side's stdin ends)."""
+        if self.returncode is None:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.returncode = self._exit if self._exit is not None else 255
+        self._sock.close()
