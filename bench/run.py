@@ -134,7 +134,7 @@ def bench_specs(sizes: Sequence[int], runs: int, work: Path, approaches: Sequenc
                    "noop_s": round(statistics.median(noops), 3), "noop_commands_per_host": commands}
             rows.append(row)
             log(f"N={n:<4} {name:<8} first {row['first_s']:7.2f}s   no-op {row['noop_s']:6.2f}s"
-                f"   {commands:g} remote commands/host")
+                f"   {commands:g} remote commands/host   (runs: {_runs(firsts)}; {_runs(noops)})")
     return rows
 
 
