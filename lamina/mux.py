@@ -7,6 +7,7 @@ Here the three are pipes whose other ends lamina keeps, so the master reads and 
 directly, as it would a client's; what is saved is the exec of ssh (its start-up, config and
 libraries: ~10 ms of CPU) for every script shell, lock and layer stream. A session behaves
 like the subprocess.Popen of that client: stdin/stdout/stderr, wait, poll, kill, returncode.
+`terminate` ends a master, as `ssh -O exit` does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import socket
 import struct
 import subprocess
 
-HELLO, NEW_SESSION, VERSION = 0x00000001, 0x10000002, 4
+HELLO, NEW_SESSION, TERMINATE, VERSION = 0x00000001, 0x10000002, 0x10000005, 4
 S_PERMISSION_DENIED, S_FAILURE, S_EXIT_MESSAGE = 0x80000002, 0x80000003, 0x80000004
 S_SESSION_OPENED, S_TTY_ALLOC_FAIL = 0x80000006, 0x80000008
 NO_ESCAPE = 0xFFFFFFFF
@@ -31,21 +32,66 @@ def _string(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-class Session:
+class _Control:
+    """A connection to the master's control socket, past the hello exchange."""
+
+    def __init__(self, control_path: str, timeout: float | None):
+        self._buffer = bytearray()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(control_path)
+            self.send(struct.pack(">II", HELLO, VERSION))
+            kind, version = struct.unpack(">II", self.packet()[:8])  # extensions follow; none are used
+            if kind != HELLO or version != VERSION:
+                raise Refused(f"control socket speaks mux protocol {kind:#x}/{version}, not {VERSION}")
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._sock.close()
+
+    def send(self, body: bytes) -> None:
+        self._sock.sendall(_string(body))
+
+    def packet(self) -> bytes:
+        """The next message's body; EOFError when the master closed the socket."""
+        while True:
+            if len(self._buffer) >= 4:
+                size = struct.unpack(">I", self._buffer[:4])[0]
+                if len(self._buffer) >= 4 + size:
+                    body = bytes(self._buffer[4:4 + size])
+                    del self._buffer[:4 + size]
+                    return body
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self._buffer += chunk
+
+
+def terminate(control_path: str, timeout: float = 1) -> None:
+    """Ask the master to close its connection and exit (`ssh -O exit`). Unlike SIGTERM, which
+    OpenSSH 9.2's client can miss until its next poll timeout, the master acts on it at once."""
+    with _Control(control_path, timeout) as control:
+        control.send(struct.pack(">II", TERMINATE, 1))
+        try:
+            control.packet()  # MUX_S_OK, or the socket closing as the master exits
+        except EOFError:
+            pass
+
+
+class Session(_Control):
     def __init__(self, control_path: str, command: str):
         self.returncode: int | None = None
         self._exit: int | None = None
-        self._buffer = bytearray()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        super().__init__(control_path, OPEN_TIMEOUT)
         ours: list[int] = []
-        self._sock.settimeout(OPEN_TIMEOUT)
         try:
-            self._sock.connect(control_path)
-            self._send(struct.pack(">II", HELLO, VERSION))
-            kind, version = struct.unpack(">II", self._packet()[:8])  # extensions follow; none are used
-            if kind != HELLO or version != VERSION:
-                raise Refused(f"control socket speaks mux protocol {kind:#x}/{version}, not {VERSION}")
-            self._send(struct.pack(">II", NEW_SESSION, 1) + _string(b"")  # request id, reserved
+            self.send(struct.pack(">II", NEW_SESSION, 1) + _string(b"")  # request id, reserved
                        + struct.pack(">IIIII", 0, 0, 0, 0, NO_ESCAPE)  # no tty, X11, agent, subsystem
                        + _string(b"") + _string(command.encode(errors="surrogateescape")))  # no TERM
             stdin, stdout, stderr = os.pipe(), os.pipe(), os.pipe()
@@ -57,7 +103,7 @@ class Session:
             finally:
                 for fd in theirs:
                     os.close(fd)  # the master has its own copies now
-            reply = self._packet()
+            reply = self.packet()
             kind, _ = struct.unpack(">II", reply[:8])
             if kind != S_SESSION_OPENED:
                 reason = reply[12:].decode(errors="replace") if kind in (S_FAILURE, S_PERMISSION_DENIED) else ""
@@ -72,23 +118,6 @@ class Session:
         self.stdout = os.fdopen(ours[1], "rb")
         self.stderr = os.fdopen(ours[2], "rb")
 
-    def _send(self, body: bytes) -> None:
-        self._sock.sendall(_string(body))
-
-    def _packet(self) -> bytes:
-        """The next message's body; EOFError when the master closed the socket."""
-        while True:
-            if len(self._buffer) >= 4:
-                size = struct.unpack(">I", self._buffer[:4])[0]
-                if len(self._buffer) >= 4 + size:
-                    body = bytes(self._buffer[4:4 + size])
-                    del self._buffer[:4 + size]
-                    return body
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise EOFError
-            self._buffer += chunk
-
     def wait(self, timeout: float | None = None) -> int:
         """The remote command's exit status, once the master has closed the session (255 when
         it ended without one: the connection is gone, or the command died of a signal)."""
@@ -97,7 +126,7 @@ class Session:
         self._sock.settimeout(timeout)
         try:
             while True:
-                body = self._packet()
+                body = self.packet()
                 if struct.unpack(">I", body[:4])[0] == S_EXIT_MESSAGE:
                     self._exit = struct.unpack(">I", body[8:12])[0]
         except (TimeoutError, BlockingIOError):

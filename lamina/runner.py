@@ -205,11 +205,11 @@ def session(inventory_path: str, specs: Sequence[str], *, sudo: bool = False, li
 
 
 def _quick(connections, specs: Sequence[str], *, apply: bool, read=None,
-           **flags: bool) -> tuple[Report, dict[str, HostPlan], dict[str, HostPlan]]:
+           **flags: bool) -> tuple[Report, dict[str, HostPlan], dict[str, HostPlan], Any]:
     """The fast read: every host's facts through one `sh -s` on its OpenSSH connection, no
     pyinfra. Returns the report of the hosts that are done (in sync, or only planning), the
-    plans of those with changes to apply, and the plans of those whose read failed (pyinfra
-    retries and explains). `read`: what fastpath.read found already (the entry, the outputs)."""
+    plans of those with changes to apply, the plans of those whose read failed (pyinfra
+    retries and explains), and the stored entry. `read`: what fastpath.read found already (the entry, the outputs)."""
     from . import facts
 
     chosen = list(connections.hosts)
@@ -244,7 +244,7 @@ def _quick(connections, specs: Sequence[str], *, apply: bool, read=None,
         if result.errors:
             report.fail(name, "; ".join(result.errors))
     entry.save()
-    return report, todo, rest
+    return report, todo, rest, entry
 
 
 def _sudo_refused(stderr: str) -> str | None:
@@ -257,7 +257,7 @@ def _sudo_refused(stderr: str) -> str | None:
     return None
 
 
-def _converge(connections, plans: dict[str, HostPlan], report: Report, lock_timeout: float) -> None:
+def _converge(connections, plans: dict[str, HostPlan], report: Report, lock_timeout: float, entry) -> None:
     """Converge the hosts that differ, each on its OpenSSH connection, all at once."""
     from .converge import converge
     from .remote import Failed, OpenSSH
@@ -266,12 +266,31 @@ def _converge(connections, plans: dict[str, HostPlan], report: Report, lock_time
         remote = OpenSSH(connections, name)
         try:
             converge(remote, plans[name], report.record, lock_timeout)
+            _settled(connections, name, plans[name], entry)
         except Failed as e:
             report.fail(name, str(e))
         finally:
             remote.close()
 
     connections.each(one, plans)
+    entry.save()
+
+
+def _settled(connections, name: str, plan: HostPlan, entry) -> None:
+    """Read a converged host once more, still under its lock: in sync (as it should be), its
+    output is remembered, so the next run (the re-run users make right after an apply) is
+    answered by the fast path without the planner."""
+    from . import facts
+
+    out = connections.run(name, entry.command(name))
+    if not out.ok:
+        return
+    try:
+        result = diff(plan, facts.parse(out.stdout.splitlines()))
+    except Exception:  # noqa: BLE001 - the next run plans it afresh, and says what it finds
+        return
+    if not (result.changes or result.errors or result.materialize):
+        entry.remember(name, out.stdout, result)
 
 
 def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = False,
@@ -293,11 +312,11 @@ def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = 
         return _run_pyinfra(inventory_path, specs, apply=apply, sudo=sudo, limit=limit, lock_timeout=lock_timeout,
                             **flags)
     with connections:
-        report, todo, rest = _quick(connections, specs, apply=apply, read=read, **flags)
+        report, todo, rest, entry = _quick(connections, specs, apply=apply, read=read, **flags)
         for name in connections.hosts:
             if name not in todo:
                 connections.release(name)  # a process and three fds fewer while the others converge
-        _converge(connections, todo, report, lock_timeout)
+        _converge(connections, todo, report, lock_timeout, entry)
         if rest:
             slow = _run_pyinfra(inventory_path, specs, apply=apply, sudo=sudo, limit=list(rest), plans=rest,
                                 lock_timeout=lock_timeout, **flags)

@@ -240,18 +240,27 @@ class Connections:
             raise errors[0]
         return {n: results[n] for n in names}
 
+    def _terminate(self, name: str, master: subprocess.Popen) -> None:
+        """Ask the master to exit through its control socket: OpenSSH 9.2's client can miss a
+        SIGTERM that lands just before it polls (it wakes at its next timeout, seconds later)."""
+        from . import mux
+
+        try:
+            mux.terminate(os.path.join(self.dir, str(self.index[name])))
+        except (OSError, EOFError, mux.Refused):
+            master.terminate()
+
     def close(self) -> None:
-        """End the shells (end of input), then the connections. OpenSSH 9.2's client can miss
-        a SIGTERM that lands just before it polls (SA_RESTART: it wakes at its next timeout,
-        seconds later), so a master that has not gone after a moment is killed: nothing runs
-        on it any more."""
+        """End the shells (end of input), then the connections; a master that has not gone
+        after a moment is killed: nothing runs on it any more."""
         for name in self.masters:
             _LIVE.pop(name, None)
         for shell in self.shells.values():
             shell.end()
         _ended([s.proc for s in self.shells.values()], 5)
-        for master in self.masters.values():
-            master.terminate()
+        for name, master in self.masters.items():
+            if master.poll() is None:
+                self._terminate(name, master)
         _ended(self.masters.values(), 0.3)
         for shell in self.shells.values():
             shell.proc.stdout.close()

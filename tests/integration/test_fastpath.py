@@ -7,6 +7,7 @@ Counts come from each host's sshd log (one "Starting session" per remote command
 from __future__ import annotations
 
 import json
+import re
 
 from test_engine import changes, hosts, lamina, mounts  # noqa: F401  (fixture)
 
@@ -48,6 +49,9 @@ def test_only_the_drifted_host_changes_and_pyinfra_is_never_imported(hosts, tmp_
     assert all(sessions[h] == ["command"] for h in lab.hosts if h != victim), sessions
     # one session: the connection's shell reads, takes the lock, reads again and runs the script
     assert sessions[victim] == ["command"] and "/mnt/demo-shared" in mounts(lab, victim), sessions
+    # the converge read the host once more and remembered it in sync: the re-run needs no planner
+    again = lamina("apply", "-i", str(lab.inventory), env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert re.search(r"^\S+: 0 changed", again.stdout, re.M) and "| lamina.runner" not in again.stderr
 
 
 def test_an_inventory_only_pyinfra_can_read_gives_the_same_answer(hosts, tmp_path):  # noqa: F811
