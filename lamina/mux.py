@@ -89,20 +89,15 @@ class Session(_Control):
         self.returncode: int | None = None
         self._exit: int | None = None
         super().__init__(control_path, OPEN_TIMEOUT)
-        ours: list[int] = []
+        pipes: list[tuple[int, int]] = []  # stdin, stdout, stderr: (read end, write end)
         try:
             self.send(struct.pack(">II", NEW_SESSION, 1) + _string(b"")  # request id, reserved
-                       + struct.pack(">IIIII", 0, 0, 0, 0, NO_ESCAPE)  # no tty, X11, agent, subsystem
-                       + _string(b"") + _string(command.encode(errors="surrogateescape")))  # no TERM
-            stdin, stdout, stderr = os.pipe(), os.pipe(), os.pipe()
-            ours = [stdin[1], stdout[0], stderr[0]]
-            theirs = [stdin[0], stdout[1], stderr[1]]
-            try:
-                for fd in theirs:  # one byte and one descriptor each, as OpenSSH's mm_send_fd
-                    socket.send_fds(self._sock, [b"\0"], [fd])
-            finally:
-                for fd in theirs:
-                    os.close(fd)  # the master has its own copies now
+                      + struct.pack(">IIIII", 0, 0, 0, 0, NO_ESCAPE)  # no tty, X11, agent, subsystem
+                      + _string(b"") + _string(command.encode(errors="surrogateescape")))  # no TERM
+            while len(pipes) < 3:
+                pipes.append(os.pipe())
+            for fd in (pipes[0][0], pipes[1][1], pipes[2][1]):  # one byte and one descriptor each, as mm_send_fd
+                socket.send_fds(self._sock, [b"\0"], [fd])
             reply = self.packet()
             kind, _ = struct.unpack(">II", reply[:8])
             if kind != S_SESSION_OPENED:
@@ -110,13 +105,14 @@ class Session(_Control):
                 raise Refused(f"the master refused the session: {reason or hex(kind)}")
             self._sock.settimeout(None)
         except BaseException:
-            for fd in ours:
+            for fd in (fd for pipe in pipes for fd in pipe):
                 os.close(fd)
             self._sock.close()
             raise
-        self.stdin = os.fdopen(ours[0], "wb")
-        self.stdout = os.fdopen(ours[1], "rb")
-        self.stderr = os.fdopen(ours[2], "rb")
+        for fd in (pipes[0][0], pipes[1][1], pipes[2][1]):
+            os.close(fd)  # the master has its own copies
+        self.stdin, self.stdout, self.stderr = (os.fdopen(pipes[0][1], "wb"), os.fdopen(pipes[1][0], "rb"),
+                                                os.fdopen(pipes[2][0], "rb"))
 
     def wait(self, timeout: float | None = None) -> int:
         """The remote command's exit status, once the master has closed the session (255 when
