@@ -209,7 +209,8 @@ def _quick(connections, specs: Sequence[str], *, apply: bool, read=None,
     """The fast read: every host's facts through one `sh -s` on its OpenSSH connection, no
     pyinfra. Returns the report of the hosts that are done (in sync, or only planning), the
     plans of those with changes to apply, the plans of those whose read failed (pyinfra
-    retries and explains), and the stored entry. `read`: what fastpath.read found already (the entry, the outputs)."""
+    retries and explains), and the stored entry. `read`: what fastpath.read found already
+    (the entry, the outputs)."""
     from . import facts
 
     chosen = list(connections.hosts)

@@ -137,13 +137,16 @@ class Connections:
         hosts = {h.name: h.data for h in found or () if not limit or h.name in limit}
         return cls(hosts, sudo) if hosts else None
 
+    def _socket(self, n: int) -> str:
+        return os.path.join(self.dir, str(n))
+
     def _control(self, n: int, master: str) -> tuple[str, ...]:
-        return ("-o", f"ControlPath={self.dir}/{n}", "-o", f"ControlMaster={master}", "-o", "ControlPersist=no")
+        return ("-o", f"ControlPath={self._socket(n)}", "-o", f"ControlMaster={master}", "-o", "ControlPersist=no")
 
     def _ready(self, name: str, n: int) -> None:
         """Wait until the host's connection is up (or failed: then ssh connects afresh and says why)."""
         deadline = time.monotonic() + CONNECT_TIMEOUT + 2
-        sock = os.path.join(self.dir, str(n))
+        sock = self._socket(n)
         while not os.path.exists(sock) and self.masters[name].poll() is None and time.monotonic() < deadline:
             time.sleep(0.002)
 
@@ -163,7 +166,7 @@ class Connections:
         self._ready(name, n)
         if self.masters[name].poll() is None:
             try:
-                return mux.Session(os.path.join(self.dir, str(n)), _remote(remote, self.sudo))
+                return mux.Session(self._socket(n), _remote(remote, self.sudo))
             except (OSError, EOFError, mux.Refused):
                 pass
         return subprocess.Popen(self.argv(name, remote), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -246,7 +249,7 @@ class Connections:
         from . import mux
 
         try:
-            mux.terminate(os.path.join(self.dir, str(self.index[name])))
+            mux.terminate(self._socket(self.index[name]))
         except (OSError, EOFError, mux.Refused):
             master.terminate()
 
