@@ -213,7 +213,8 @@ def verified_chunks(path: str, sha256: str, size: int | None = None) -> Iterable
         st = os.fstat(f.fileno())  # a rewritten file (new inode or mtime) is hashed afresh
         key = (path, sha256, st.st_ino, st.st_mtime_ns, st.st_size)
         with _DIGESTS_LOCK:  # nothing in here may switch: this lock may predate gevent's patching
-            shared, fresh = _DIGESTS.get(key), key not in _DIGESTS
+            shared = _DIGESTS.get(key)
+            fresh = shared is None
             if fresh:
                 shared = _DIGESTS[key] = _Digest()
         if fresh:

@@ -21,24 +21,6 @@ import time
 LOCK_DIR = "/run/lamina"  # tmpfs: a reboot clears it too
 DEFAULT_TIMEOUT = 60.0
 
-# Wait for the lock; once held, name the holder and keep the lock until stdin closes.
-SCRIPT = r"""
-d=$1 wait=$2 holder=$3
-mkdir -p -m 700 -- "$d"
-exec 9>>"$d/apply.lock"
-if ! flock -w "$wait" 9; then
-  printf 'busy %s\n' "$(cat -- "$d/apply.holder" 2>/dev/null || echo 'an unknown holder')"
-  exit 1
-fi
-printf '%s\n' "$holder" > "$d/apply.holder"
-echo locked
-cat >/dev/null
-# The connection is gone (done, or the controller died): scripts of this run that are
-# still going hold apply.busy shared; keep the lock until they are finished too.
-flock -x "$d/apply.busy" true
-"""
-
-
 # The first lines of every script that changes a host.
 BUSY = f"{{ [ -d {LOCK_DIR} ] || mkdir -p -m 700 {LOCK_DIR}; }} && exec 8>>{LOCK_DIR}/apply.busy && flock -s 8"
 
@@ -49,11 +31,12 @@ def holder() -> str:
 
 
 def command(timeout: float, sudo: bool, password_on_stdin: bool = False) -> str:
-    """The remote command that takes the lock: it prints `locked`, then holds the lock
-    until its stdin closes (the connection going away closes it too). With
+    """The lock as a remote command of its own (pyinfra's connections; a shell that is busy):
+    `in_shell`'s, then it holds the lock until its stdin closes (the connection going away
+    closes it too), and its EXIT trap waits for the run's other scripts. With
     `password_on_stdin`, sudo reads its password as the first line of stdin."""
-    cmd = " ".join(["sh", "-c", shlex.quote(SCRIPT), "lamina-lock",
-                    *map(shlex.quote, (LOCK_DIR, str(int(timeout)), holder()))])
+    script = f'{in_shell(timeout)}\n[ -n "$lamina_held" ] || exit 1\ncat >/dev/null'
+    cmd = f"sh -c {shlex.quote(script)} lamina-lock"
     if not sudo:
         return cmd
     return f"sudo -S -p '' -H {cmd}" if password_on_stdin else f"sudo -n -H {cmd}"
@@ -63,13 +46,13 @@ def in_shell(timeout: float, directory: str = LOCK_DIR) -> str:
     """The lock taken by the host's lamina shell itself (sshrun `toplevel`): fd 9 holds it
     for as long as that shell lives, and the scripts it runs inherit it. When the shell's
     input ends (the run is done, or the connection is gone), its EXIT trap waits for this
-    run's other scripts (layer streams, holding apply.busy shared) before it lets go. One
-    session and five processes fewer than `command`; it reads nothing from stdin, which
-    carries the shell's next scripts."""
+    run's other scripts (layer streams, holding apply.busy shared) before it lets go. It
+    prints `locked` (and sets $lamina_held), or `busy HOLDER`; it reads nothing from stdin,
+    which carries the shell's next scripts."""
     d = shlex.quote(directory)
-    return (f"{{ [ -d {d} ] || mkdir -p -m 700 -- {d}; }} && exec 9>>{d}/apply.lock && "
+    return (f"lamina_held=; {{ [ -d {d} ] || mkdir -p -m 700 -- {d}; }} && exec 9>>{d}/apply.lock && "
             f"if flock -w {int(timeout)} 9; then printf '%s\n' {shlex.quote(holder())} > {d}/apply.holder && "
-            f"trap 'flock -x {d}/apply.busy true' EXIT && echo locked; "
+            f"trap 'flock -x {d}/apply.busy true' EXIT && lamina_held=1 && echo locked; "
             f"else printf 'busy %s\n' \"$(cat -- {d}/apply.holder 2>/dev/null || echo 'an unknown holder')\"; "
             f"exec 9>&-; fi")
 

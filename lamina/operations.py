@@ -57,7 +57,7 @@ def converge(plans: Mapping[str, HostPlan], record: Recorder | None = None,
     record = record or _ignore
     actual = host.get_fact(LaminaState, plan=plan)
     result = diffing.diff(plan, actual)
-    if not (result.changes or result.errors or result.materialize):
+    if result.in_sync:
         record(host.name, plan, actual, result)
         host.noop("lamina: no changes")
         return

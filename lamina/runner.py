@@ -235,7 +235,7 @@ def _quick(connections, specs: Sequence[str], *, apply: bool, read=None,
         except Exception:  # output pyinfra's path may read differently: let it try, and explain
             rest[name] = plans[name]
             continue
-        if result.changes or result.errors or result.materialize:
+        if not result.in_sync:
             if apply:
                 todo[name] = plans[name]
                 continue
@@ -290,7 +290,7 @@ def _settled(connections, name: str, plan: HostPlan, entry) -> None:
         result = diff(plan, facts.parse(out.stdout.splitlines()))
     except Exception:  # noqa: BLE001 - the next run plans it afresh, and says what it finds
         return
-    if not (result.changes or result.errors or result.materialize):
+    if result.in_sync:
         entry.remember(name, out.stdout, result)
 
 
