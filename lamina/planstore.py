@@ -169,11 +169,13 @@ class Entry:
             tmp = f"{path}.{os.getpid()}.tmp"
             with open(tmp, "wb") as f:
                 pickle.dump(stored, f, protocol=pickle.HIGHEST_PROTOCOL)
+            new = not os.path.exists(path)
             os.replace(tmp, path)
-            with os.scandir(os.path.dirname(path)) as found:  # entries of specs no longer run
-                for old in found:
-                    if old.stat().st_mtime < time.time() - STALE:
-                        os.unlink(old.path)
+            if new:  # a new entry (rare): drop those of specs no longer run (thousands: ~20 ms to list)
+                with os.scandir(os.path.dirname(path)) as found:
+                    for old in found:
+                        if old.stat().st_mtime < time.time() - STALE:
+                            os.unlink(old.path)
         except OSError:
             pass  # a read-only cache: plan afresh next time
         self.dirty = False
