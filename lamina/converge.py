@@ -8,10 +8,11 @@ read's OpenSSH connection — and raises remote.Failed with the user's message.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from . import diff as diffing
 from . import facts
-from .materialize import known, materialize
+from .materialize import Stored, known, materialize
 from .plan import HostPlan
 from .remote import Failed, Remote, message
 
@@ -25,6 +26,20 @@ def read(remote: Remote, plan: HostPlan) -> facts.HostState:
     return facts.parse(done.stdout)
 
 
+def with_layers(actual: facts.HostState, plan: HostPlan, stored: Stored) -> facts.HostState:
+    """The host's state once materialize is done, from what its scripts printed (each layer
+    stored says `LAYER HEX NAME`) rather than from a second read of the whole host: the
+    store dirs exist, staging holds only the quarantined layers, which went from the store,
+    and the stored ones came."""
+    gone = set(stored.quarantined) - set(stored.names)
+    links = {n: t for n, t in actual.links.items() if t.split("/")[-2] not in stored.names}
+    links.update({name: f"../layers/{hex_}/diff" for hex_, name in stored.names.items()})
+    files = dict(actual.files)
+    files.update({plan.cache_file(plan.layers[key]): hex_ for key, hex_ in stored.built.items()})
+    return replace(actual, layers=(actual.layers - gone) | set(stored.names), links=links, files=files,
+                   staging=tuple(stored.staged), damaged=actual.damaged - set(stored.quarantined))
+
+
 def converge(remote: Remote, plan: HostPlan, record: Recorder, lock_timeout: float) -> None:
     # Hold the host's lock, then look (again): another run may have changed the host.
     remote.lock(lock_timeout)
@@ -35,10 +50,10 @@ def converge(remote: Remote, plan: HostPlan, record: Recorder, lock_timeout: flo
         raise Failed("; ".join(result.errors))
     if result.materialize:
         view = diffing.Host(plan, actual)
-        materialize(remote, plan, result.materialize, view.names, known(view, plan.layers.values()))
+        stored = materialize(remote, plan, result.materialize, view.names, known(view, plan.layers.values()))
         # the layers are there now: compare again to mount what waited for them
         replaced = frozenset(m.digest for m in result.materialize if m.damaged)
-        first, actual = result, read(remote, plan)
+        first, actual = result, with_layers(actual, plan, stored)
         result = diffing.diff(plan, actual, replaced)
         # report what the first comparison could not see yet (boot files)
         seen = {c.key for c in first.changes}

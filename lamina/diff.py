@@ -18,15 +18,11 @@ import shlex
 from dataclasses import dataclass, field
 
 from . import MAX_MOUNT_DATA, PROTECTED
-from .facts import IMAGE_TOOLS, HostState, MountEntry
+from .facts import IMAGE_TOOLS, NEW_API_LOWERDIR_LIMIT, HostState, MountEntry
 from .images import LayerRef
 from .lock import BUSY
 from .plan import Dir, HostPlan, Item, MountWant, depth
 from .report import Result
-
-# util-linux 2.39+ mounts through the new API, which rejects a lowerdir= value of
-# 256 bytes or more (util-linux#2287); the legacy mount(2) path takes up to a page.
-NEW_API_LOWERDIR_LIMIT = 255
 
 
 @dataclass
@@ -62,8 +58,10 @@ class Lower:
 def legacy_mount(lower: Lower, actual: HostState) -> bool:
     """Whether this lower stack must be mounted through mount(2)'s single data page: util-linux
     2.39+ passes options through the new mount API, which refuses a `lowerdir=` over 255 bytes
-    (EINVAL, rc 32); LIBMOUNT_FORCE_MOUNT2=always makes it use mount(2), as 2.38 does."""
-    return len(lower.option) > NEW_API_LOWERDIR_LIMIT and actual.util_linux >= (2, 39)
+    (EINVAL, rc 32); LIBMOUNT_FORCE_MOUNT2=always makes it use mount(2), as 2.38 does. When
+    the version was not read (facts.command reads it only for stacks that may be that long),
+    the variable is set anyway: versions before 2.39 ignore it."""
+    return len(lower.option) > NEW_API_LOWERDIR_LIMIT and (not actual.util_linux or actual.util_linux >= (2, 39))
 
 
 def mount_form(lower: Lower, actual: HostState) -> str:

@@ -146,6 +146,12 @@ class HostState:
 
 MARK = "@@lamina"
 
+# util-linux 2.39+ mounts through the new API, which rejects a lowerdir= value of
+# 256 bytes or more (util-linux#2287); the legacy mount(2) path takes up to a page.
+NEW_API_LOWERDIR_LIMIT = 255
+SHORT_LINK = 6  # the shortest layer link name (lamina/sh/common.sh `link`)
+FEW_FILES = 16  # up to this many managed files are read by the shell itself, not `head`
+
 
 def shared_words(paths: Sequence[str]) -> tuple[list[str], list[str]]:
     """Shell words for paths, each parent directory used twice or more written once as a
@@ -188,8 +194,10 @@ def command(plan: HostPlan) -> str:
     return "\n".join([
         f"echo {MARK}-mountinfo; cat /proc/self/mountinfo",
         # (each process here costs the host ~1 ms on every run: builtins where they do)
-        f"echo {MARK}-util-linux; mount -V 2>&1",
-        f"echo {MARK}-user; LC_ALL=C id",
+        *([f"echo {MARK}-util-linux; mount -V 2>&1"] if long_lowers(plan) else []),
+        # who the commands run as: the shell's own ids (a builtin read); `id` names a non-root user
+        f"echo {MARK}-user; _e=; while read -r _k _r _e _x; do [ \"$_k\" = Uid: ] && break; done"
+        " < /proc/self/status 2>/dev/null; [ \"$_e\" = 0 ] && echo 'uid=0(root)' || LC_ALL=C id",
         # what lamina's scripts use beyond POSIX sh: a host without one is told so, not half-changed
         f"echo {MARK}-missing; for c in {' '.join(TOOLS)}; do command -v \"$c\" >/dev/null 2>&1 || echo \"$c\"; done",
         # the paths once, as "$@"; then two processes for all of them (a fork per path costs ~5 ms)
@@ -204,16 +212,41 @@ def command(plan: HostPlan) -> str:
         f"  echo {MARK}-stat; {stat} -L -- \"$@\" 2>/dev/null ;;",
         f"*) echo {MARK}-stat; printf '%s\\n' \"$_s\" ;; esac",
         f"echo {MARK}-files",
-        # one process for every file: with two files or more, head names each (POSIX)
-        # (the echo ends a last line that has no newline of its own)
-        *([f"head -n 1 -- /dev/null {files} 2>/dev/null || :; echo"] if files else []),
+        *_first_lines(files, len(plan.files())),
         f"echo {MARK}-init; [ -d /run/systemd/system ] && echo systemd || echo none",
-        *([f"echo {MARK}-blobs; for f in {' '.join(shlex.quote(b) for b in plan.blobs())}; do "
-           "[ -f \"$f\" ] && sha256sum -- \"$f\"; done 2>/dev/null"] if plan.blobs() else []),
+        # ("$@" is free again: the blobs that exist, for one sha256sum)
+        *([f"echo {MARK}-blobs; set --; for f in {' '.join(shlex.quote(b) for b in plan.blobs())}; do "
+           "[ -f \"$f\" ] && set -- \"$@\" \"$f\"; done; [ $# = 0 ] || sha256sum -- \"$@\" 2>/dev/null || :"]
+          if plan.blobs() else []),
         *(_store_listing(plan.state_dir) if plan.images or plan.gc else []),
         *(_seal_check(plan.state_dir) if plan.check_layers else []),
         f"echo {MARK}-end",
     ])
+
+
+def long_lowers(plan: HostPlan) -> bool:
+    """Whether an overlay's lowerdir= may pass the new mount API's limit, so that how this
+    host's util-linux mounts matters (diff.legacy_mount): `mount -V` is read only then."""
+    for item in plan.items:
+        m = item.mount
+        if m is not None and m.fstype == "overlay":
+            size = (SHORT_LINK + 1) * len(m.layers) if m.layers else sum(len(p) + 1 for p in m.lower)
+            if size > NEW_API_LOWERDIR_LIMIT:
+                return True
+    return False
+
+
+def _first_lines(words: str, count: int) -> list[str]:
+    """The first line of each file, after a `==> PATH <==` line (what `head` prints for
+    several files). A few are read by the shell (no process); many by one `head`, which
+    is faster then than the shell's byte-at-a-time `read`."""
+    if not count:
+        return []
+    if count > FEW_FILES:
+        # (the echo ends a last line that has no newline of its own)
+        return [f"head -n 1 -- /dev/null {words} 2>/dev/null || :; echo"]
+    return [f"for _f in {words}; do [ -e \"$_f\" ] || continue; _l=; {{ IFS= read -r _l < \"$_f\"; }} 2>/dev/null"
+            " || :; printf '==> %s <==\\n%s\\n' \"$_f\" \"$_l\"; done"]
 
 
 def _seal_check(state_dir: str) -> list[str]:

@@ -21,8 +21,11 @@ import time
 LOCK_DIR = "/run/lamina"  # tmpfs: a reboot clears it too
 DEFAULT_TIMEOUT = 60.0
 
-# The first lines of every script that changes a host.
-BUSY = f"{{ [ -d {LOCK_DIR} ] || mkdir -p -m 700 {LOCK_DIR}; }} && exec 8>>{LOCK_DIR}/apply.busy && flock -s 8"
+# The first lines of every script that changes a host. A script of the shell that holds the
+# lock ($lamina_held, exported by `in_shell`) has fd 9 open on the lock already (it outlives
+# that shell too): no `flock` process for it.
+BUSY = (f"[ -n \"${{lamina_held:-}}\" ] || {{ {{ [ -d {LOCK_DIR} ] || mkdir -p -m 700 {LOCK_DIR}; }} && "
+        f"exec 8>>{LOCK_DIR}/apply.busy && flock -s 8; }}")
 
 
 def holder() -> str:
@@ -52,7 +55,7 @@ def in_shell(timeout: float, directory: str = LOCK_DIR) -> str:
     d = shlex.quote(directory)
     return (f"lamina_held=; {{ [ -d {d} ] || mkdir -p -m 700 -- {d}; }} && exec 9>>{d}/apply.lock && "
             f"if flock -w {int(timeout)} 9; then printf '%s\n' {shlex.quote(holder())} > {d}/apply.holder && "
-            f"trap 'flock -x {d}/apply.busy true' EXIT && lamina_held=1 && echo locked; "
+            f"trap 'exec 8>>{d}/apply.busy && flock -x 8' EXIT && lamina_held=1 && export lamina_held && echo locked; "
             f"else printf 'busy %s\n' \"$(cat -- {d}/apply.holder 2>/dev/null || echo 'an unknown holder')\"; "
             f"exec 9>&-; fi")
 

@@ -13,6 +13,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 from .diff import Host, Materialize
 from .images import DEFAULT_PATH, LayerRef
@@ -60,10 +61,20 @@ def parse_layers(lines: Iterable[str]) -> dict[str, str]:
     return out
 
 
+class Stored(NamedTuple):
+    """What materialize did, from what the host's scripts printed."""
+
+    names: dict[str, str]  # digest → short link of every layer stored or relinked
+    built: dict[str, str]  # run key → digest of every step run
+    quarantined: list[str]  # damaged layers moved aside (then stored again)
+    staged: list[str]  # what they became in staging/ (removed once nothing mounts them)
+
+
 def materialize(remote: Remote, plan: HostPlan, todo: list[Materialize], names: Mapping[str, str],
-                digests: Mapping[str, str]) -> None:
+                digests: Mapping[str, str]) -> Stored:
     """Do every step of `todo` in order, on this host; Failed says which went wrong."""
     sd = plan.state_dir
+    stored = Stored({}, {}, [], [])
     names, digests = dict(names), dict(digests)  # digest → short link; run key → digest
 
     def run(cmd: str) -> list[str]:
@@ -79,12 +90,15 @@ def materialize(remote: Remote, plan: HostPlan, todo: list[Materialize], names: 
         raise Failed(f"not enough space in {sd}: {need >> 20} MiB needed to ship layers, {have >> 20} MiB free")
     damaged = [m.digest for m in todo if m.damaged]
     if damaged:
-        run(command("quarantine", sd, *damaged))
+        staged = run(command("quarantine", sd, *damaged))
+        stored.quarantined.extend(damaged)
+        stored.staged.extend(line.split()[1] for line in staged if line.startswith("STAGED "))
     relinks = [m.digest for m in todo if m.action == "relink"]
     if relinks:
-        names.update(parse_layers(run(command("relink", sd, *relinks))))
+        stored.names.update(parse_layers(run(command("relink", sd, *relinks))))
     for ref in (m.ref for m in todo if m.action == "ship"):
-        names.update(parse_layers(ship(remote, sd, ref.digest, ref.layer, label=ref.label)))
+        stored.names.update(parse_layers(ship(remote, sd, ref.digest, ref.layer, label=ref.label)))
+    names.update(stored.names)
     for step in todo:
         ref = step.ref
         if step.action == "build":
@@ -92,7 +106,9 @@ def materialize(remote: Remote, plan: HostPlan, todo: list[Materialize], names: 
             lowers = [names[ref_digest(b, digests)] for b in reversed(below)]
             built = parse_layers(run(command("run", sd, *run_args(ref, lowers))))
             names.update(built)
-            digests[ref.key] = next(iter(built))
+            stored.names.update(built)
+            digests[ref.key] = stored.built[ref.key] = next(iter(built))
+    return stored
 
 
 RECORD = 10240  # GNU tar's default record: it reads whole ones, never past the one holding the end
@@ -112,7 +128,8 @@ def ship(remote: Remote, state_dir: str, hex_: str, layer, label: str = "") -> l
     from .channel import Corrupt
 
     try:
-        done = remote.stream(command("ship", state_dir, hex_), shipped(layer, hex_), spool=f"{state_dir}/staging")
+        done = remote.stream(command("ship", state_dir, hex_, str(layer.size)), shipped(layer, hex_),
+                             spool=f"{state_dir}/staging")
     except Corrupt as e:
         raise Failed(f"{label or hex_[:12]}: the controller's cached layer is corrupt ({e}); delete it and"
                      " run again to rebuild it") from None

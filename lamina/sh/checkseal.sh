@@ -3,6 +3,6 @@ for hex in "$@"; do
   d="$SD/layers/$hex"
   [ -d "$d/diff" ] || { echo "$hex: missing"; continue; }
   want=$(cat -- "$d/seal" 2>/dev/null || :)
-  got=$(seal "$d/diff")
-  [ "$got" = "$want" ] || echo "$hex: content changed (seal $got, recorded ${want:-none})"
+  seal digest "$d/diff"
+  [ "$_h" = "$want" ] || echo "$hex: content changed (seal $_h, recorded ${want:-none})"
 done

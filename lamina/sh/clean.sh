@@ -1,4 +1,4 @@
 # clean: SD — prepare the layer store and clear its staging area.
 store
 clean
-df -Pk -- "$SD/staging" | tail -n 1
+df -Pk -- "$SD/staging"  # the controller reads its last line

@@ -2,25 +2,30 @@
 set -eu
 fail() { printf 'lamina: %s\n' "$*" >&2; exit 1; }
 
-# digest CMD...: the sha256 of what CMD writes, 64 hex digits. OpenSSL's (it uses the CPU's
-# SHA instructions: 4x coreutils 9.1's sha256sum on 200 MiB here); where the host has no
-# working openssl, CMD runs again into coreutils' sha256sum. No probe up front: an exec of
-# openssl costs ~7 ms, and most scripts hash nothing.
+# digest CMD...: the sha256 of what CMD writes, 64 hex digits, left in $_h (callers need no
+# subshell of their own). OpenSSL's (it uses the CPU's SHA instructions: 4x coreutils 9.1's
+# sha256sum on 200 MiB here); where the host has no working openssl, CMD runs again into
+# coreutils' sha256sum. No probe up front: an exec of openssl costs ~7 ms, and most scripts
+# hash nothing.
 digest() {
   _h=$("$@" | openssl dgst -sha256 -r 2>/dev/null) || _h=
   _h=${_h%% *}
   case $_h in *[!0-9a-f]*) _h= ;; esac
-  if [ "${#_h}" != 64 ]; then
-    _h=$("$@" | sha256sum) || fail "cannot compute a sha256"
-    _h=${_h%% *}
-  fi
-  printf '%s\n' "$_h"
+  [ "${#_h}" = 64 ] || sha "$@"
 }
 
-# The seal of a layer directory: sha256 of the tar that this host's GNU tar writes for it,
-# sorted and without times other than mtime. Recomputed later, it proves the layer unchanged.
+# sha CMD...: the same with coreutils' sha256sum alone, whose exec costs a quarter of
+# openssl's: for small data.
+sha() {
+  _h=$("$@" | sha256sum) || fail "cannot compute a sha256"
+  _h=${_h%% *}
+}
+
+# seal HASH DIR: the seal of a layer directory (HASH: digest or sha, the same sha256 either
+# way), in $_h: the sha256 of the tar that this host's GNU tar writes for it, sorted and
+# without times other than mtime. Recomputed later, it proves the layer unchanged.
 seal() {
-  digest tar -C "$1" --sort=name --numeric-owner --format=posix \
+  "$1" tar -C "$2" --sort=name --numeric-owner --format=posix \
     --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
     --xattrs --xattrs-include=trusted.overlay.opaque -cf - .
 }
@@ -42,10 +47,10 @@ link() {
   done
 }
 
-# commit SD STAGE HEX [SEAL]: STAGE/diff becomes layer HEX, atomically (a crash leaves
+# commit SD STAGE HEX SEAL: STAGE/diff becomes layer HEX, atomically (a crash leaves
 # only staging debris, never a half layer under its final name).
 commit() {
-  printf '%s\n' "${4:-$(seal "$2/diff")}" > "$2/seal"
+  printf '%s\n' "$4" > "$2/seal"
   if mv -T -- "$2" "$1/layers/$3" 2>/dev/null; then :; else
     [ -d "$1/layers/$3/diff" ] || fail "cannot move layer $3 into place"
     rm -rf -- "$2"  # the same content arrived meanwhile
@@ -55,10 +60,12 @@ commit() {
 }
 
 # The layer store's directories, root-only; and hold apply.busy shared while this script
-# runs, so that the host's apply lock outlives it (lamina/lock.py).
+# runs, so that the host's apply lock outlives it — unless the shell that holds the lock runs
+# it (lamina/lock.py BUSY).
 # shellcheck disable=SC2174  # parents exist; -m is for these dirs
 store() {
-  { [ -d /run/lamina ] || mkdir -p -m 700 /run/lamina; } && exec 8>>/run/lamina/apply.busy && flock -s 8
+  [ -n "${lamina_held:-}" ] || { { [ -d /run/lamina ] || mkdir -p -m 700 /run/lamina; } &&
+    exec 8>>/run/lamina/apply.busy && flock -s 8; }
   [ -d "$SD/layers" ] && [ -d "$SD/l" ] && [ -d "$SD/staging" ] && [ -d "$SD/cache" ] ||
     mkdir -p -m 700 -- "$SD" "$SD/layers" "$SD/l" "$SD/staging" "$SD/cache"
 }

@@ -177,7 +177,7 @@ def test_a_stream_cut_between_two_members_stores_nothing(hosts, tmp_path, userla
     hex_ = hashlib.sha256(layer).hexdigest()
     last = tarfile.open(fileobj=io.BytesIO(layer)).getmembers()[-1].offset
     pad = bytes(-len(layer) % RECORD)
-    ship = lab.ssh_argv(h, command("ship", "/var/lib/lamina", hex_))
+    ship = lab.ssh_argv(h, command("ship", "/var/lib/lamina", hex_, str(len(layer))))
     for cut in (layer[:last], layer + pad, layer + pad + b"lamina-commit " + b"0" * 64 + b"\n"):
         done = subprocess.run(ship, input=cut, capture_output=True, timeout=60)
         assert done.returncode != 0 and b"nothing stored" in done.stderr, done.stderr
@@ -288,3 +288,37 @@ def test_committed_image_is_usable_by_specs_at_once(hosts, tmp_path, monkeypatch
     assert lab.run(h, f"cat {C}/clone/merged/root/state").stdout == "snapshot\n"
     assert lab.run(h, f"test -e {C}/clone/merged/etc/motd || echo deleted").stdout == "deleted\n"
     assert lab.run(h, f"cat {C}/web1/merged/root/state").stdout == "snapshot\n"  # web1 runs on, unchanged
+
+
+def test_the_state_after_storing_layers_is_what_a_fresh_read_finds(hosts):
+    """converge.with_layers stands in for a second read of the host once the layers are
+    stored: what it derives from the scripts' output must be what a read finds, field by
+    field, and the comparison after it the same."""
+    from lamina import converge, inventory, sshrun
+    from lamina.diff import Host, diff
+    from lamina.materialize import known, materialize
+    from lamina.remote import OpenSSH
+    from lamina.runner import host_plan
+
+    lab = hosts
+    h = lab.hosts[0]
+    data = next(x.data for x in inventory.read(str(lab.inventory)) if x.name == h)
+    plan = host_plan(h, data, [DEMO])
+    with sshrun.Connections.for_inventory(str(lab.inventory), [h], False) as conns:
+        remote = OpenSSH(conns, h)
+        try:
+            remote.lock(60)
+            actual = converge.read(remote, plan)
+            todo = diff(plan, actual).materialize
+            assert {m.action for m in todo} == {"ship", "build"}
+            view = Host(plan, actual)
+            stored = materialize(remote, plan, todo, view.names, known(view, plan.layers.values()))
+            derived, fresh = converge.with_layers(actual, plan, stored), converge.read(remote, plan)
+        finally:
+            remote.close()
+    for field in ("layers", "links", "files", "staging", "damaged", "mounts", "paths"):
+        assert getattr(derived, field) == getattr(fresh, field), field
+    a, b = diff(plan, derived), diff(plan, fresh)
+    assert a.changes and not a.errors and not a.materialize
+    for part in a.__slots__:
+        assert getattr(a, part) == getattr(b, part), part

@@ -16,7 +16,8 @@ import pytest
 
 from lamina import facts, inventory, sshrun
 from lamina.errors import LaminaError
-from lamina.plan import Dir, HostPlan, Item
+from lamina.images import LayerRef
+from lamina.plan import Dir, HostPlan, Item, MountWant
 
 
 def _inv(tmp_path, text: str) -> str:
@@ -95,9 +96,13 @@ def test_ssh_argv_keeps_host_key_checking_and_maps_pyinfra_data():
     assert sshrun.argv("web", {"ssh_password": "x"}, sudo=False) is None
 
 
-def test_fact_command_reads_a_real_tree(tmp_path):
+@pytest.mark.parametrize("reader", ["shell", "head"])
+def test_fact_command_reads_a_real_tree(tmp_path, monkeypatch, reader):
     """The fact command as this machine's sh runs it: shared-prefix variables, odd names,
-    missing paths and the one-line managed files all come back right."""
+    missing paths and the one-line managed files all come back right, whether the shell
+    reads the files (a few) or `head` does (many)."""
+    if reader == "head":
+        monkeypatch.setattr(facts, "FEW_FILES", 1)
     base = tmp_path / "it's a dir"
     (base / "sub dir").mkdir(parents=True)
     (base / "link").symlink_to(base / "sub dir")
@@ -120,7 +125,23 @@ def test_fact_command_reads_a_real_tree(tmp_path):
     assert state.files == {str(base / "labels.json"): '{"a": "b"}', str(base / "empty"): "",
                            str(base / "tricky"): "==> not a header <==", str(base / "last"): "no newline at the end"}
     assert state.init in ("systemd", "none")
-    assert state.util_linux and state.mounts
+    assert state.mounts and state.user == (os.geteuid(), pwd.getpwuid(os.geteuid()).pw_name)
+    assert "head -n 1" in facts.command(plan) if reader == "head" else "head" not in facts.command(plan)
+    assert not state.util_linux  # no lower stack here that could need it
+
+
+def test_util_linux_is_read_only_for_lower_stacks_that_may_pass_the_new_mount_apis_limit():
+    def plan(lower=(), layers=()):
+        want = MountWant("overlay", "/m", "o", lower=lower, upper="/u", work="/w", layers=layers)
+        return HostPlan("/var/lib/lamina", (Item("overlay", "o", mount=want),), boot=False)
+
+    assert not facts.long_lowers(plan(lower=("/a", "/b")))
+    assert facts.long_lowers(plan(lower=tuple(f"/srv/{'x' * 60}{i}" for i in range(4))))
+    ref = LayerRef("k", "images.i.steps[0]", digest="0" * 64)
+    assert not facts.long_lowers(plan(layers=(ref,) * 36)) and facts.long_lowers(plan(layers=(ref,) * 37))
+    out = subprocess.run(["sh", "-c", facts.command(plan(lower=tuple(f"/srv/{'x' * 60}{i}" for i in range(4))))],
+                         capture_output=True, text=True, check=True)
+    assert facts.parse(out.stdout.splitlines()).util_linux >= (2,)
 
 
 @pytest.mark.parametrize("linked", [False, True])
@@ -314,9 +335,9 @@ def test_host_sha256_is_the_same_with_or_without_openssl(tmp_path, with_openssl)
     common = Path(__file__).resolve().parents[2] / "lamina" / "sh" / "common.sh"
     data = os.urandom(3 << 20)
     (tmp_path / "data").write_bytes(data)
-    out = subprocess.run([str(bin_dir / "sh"), "-c", f". {common}; digest cat {tmp_path / 'data'}"],
+    out = subprocess.run([str(bin_dir / "sh"), "-c", f". {common}; digest cat {tmp_path / 'data'}; echo \"$_h\"; sha cat {tmp_path / 'data'}; echo \"$_h\""],
                          capture_output=True, env={"PATH": str(bin_dir)}, check=True)
-    assert out.stdout.decode().strip() == hashlib.sha256(data).hexdigest()
+    assert out.stdout.decode().split() == [hashlib.sha256(data).hexdigest()] * 2
 
 
 def test_boot_templates_render_as_jinja2_renders_them():

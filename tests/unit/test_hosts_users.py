@@ -3,6 +3,10 @@ sudo refusals, and how an overlay is mounted per util-linux version."""
 
 from __future__ import annotations
 
+import os
+import pwd
+import subprocess
+
 import pytest
 
 from lamina import diff, facts, lab, runner
@@ -27,7 +31,15 @@ def test_the_fact_reads_the_user_and_a_non_root_user_is_one_clear_error():
         " or use --sudo (pyinfra: _sudo)"]
     root = facts.parse(["@@lamina-user", "uid=0(root) gid=0(root) groups=0(root)", "@@lamina-end"])
     assert root.user == (0, "root") and not diff.diff(HostPlan("/var/lib/lamina", ()), root).errors
-    assert "; LC_ALL=C id\n" in facts.command(HostPlan("/var/lib/lamina", ()))
+    # what the command itself reads, as root (no `id` process) and as another user (`id` names it)
+    as_root = subprocess.run(["sh", "-c", facts.command(HostPlan("/var/lib/lamina", ()))], capture_output=True,
+                             text=True, check=True)
+    assert facts.parse(as_root.stdout.splitlines()).user == (os.geteuid(), pwd.getpwuid(os.geteuid()).pw_name)
+    if os.geteuid() == 0:
+        nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c",
+                                 facts.command(HostPlan("/var/lib/lamina", ()))], capture_output=True, text=True,
+                                check=True)
+        assert facts.parse(nobody.stdout.splitlines()).user == (65534, pwd.getpwuid(65534).pw_name)
     # the effective user counts (a setuid shell), and a uid without a name is its number
     assert facts.parse(["@@lamina-user", "uid=1001(lamina) gid=1001 euid=0(root)", "@@lamina-end"]).user == (0, "root")
     assert facts.parse(["@@lamina-user", "uid=4242 gid=4242 groups=4242", "@@lamina-end"]).user == (4242, "4242")
