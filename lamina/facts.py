@@ -98,9 +98,9 @@ class PathInfo:
 
 
 # Commands of coreutils, util-linux and GNU tar that lamina's host scripts run (by package);
-# layers need tar, sha256sum and tr only when the plan has images.
-TOOLS = ("stat", "readlink", "mkdir", "mount", "umount", "mountpoint", "flock", "tar", "sha256sum", "tr")
-IMAGE_TOOLS = frozenset({"tar", "sha256sum", "tr"})
+# layers need tar and sha256sum only when the plan has images.
+TOOLS = ("stat", "readlink", "mkdir", "mount", "umount", "mountpoint", "flock", "tar", "sha256sum")
+IMAGE_TOOLS = frozenset({"tar", "sha256sum"})
 
 
 @dataclass(frozen=True)

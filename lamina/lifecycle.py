@@ -18,7 +18,7 @@ from typing import Any
 from . import changes, tarball
 from .diff import Host
 from .errors import LaminaError
-from .images import image_store
+from .images import LayerRef, image_store
 from .plan import Item
 from .runner import Session, session
 from .spec import NAME_RE
@@ -148,7 +148,7 @@ def commit(inventory: str, specs: Sequence[str], name: str, image: str, *, sudo:
         if hex_ not in s.fact(host).layers:  # ship it back in normalized form, as any layer
             s.run(host, command("clean", sd))
             try:
-                ship(PyinfraHost(s.state, host, {}), sd, hex_, layer)
+                ship(PyinfraHost(s.state, host, {}), sd, [LayerRef(hex_, f"commit {name}", digest=hex_, layer=layer)])
             except Failed as e:
                 raise LaminaError(f"{host.name}: {e}") from None
         return Committed(host.name, image, image_id, layer, archive)

@@ -96,8 +96,9 @@ def materialize(remote: Remote, plan: HostPlan, todo: list[Materialize], names: 
     relinks = [m.digest for m in todo if m.action == "relink"]
     if relinks:
         stored.names.update(parse_layers(run(command("relink", sd, *relinks))))
-    for ref in (m.ref for m in todo if m.action == "ship"):
-        stored.names.update(parse_layers(ship(remote, sd, ref.digest, ref.layer, label=ref.label)))
+    ships = [m.ref for m in todo if m.action == "ship"]
+    if ships:
+        stored.names.update(parse_layers(ship(remote, sd, ships)))
     names.update(stored.names)
     for step in todo:
         ref = step.ref
@@ -115,26 +116,33 @@ RECORD = 10240  # GNU tar's default record: it reads whole ones, never past the 
 
 
 def shipped(layer, hex_: str) -> Iterable[bytes | FilePart]:
-    """What `ship` sends: the layer tar (its digest checked on the way), zeros to a whole tar
-    record, then the line that tells the host the layer is complete (see lamina/sh/ship.sh)."""
+    """What `ship` sends for one layer: the layer tar (its digest checked on the way), zeros
+    to a whole tar record, then the line that tells the host the layer is complete (see
+    lamina/sh/ship.sh)."""
     from .channel import verified_chunks
 
     yield from verified_chunks(str(layer.path), layer.sha256, layer.size)
     yield bytes(-layer.size % RECORD) + f"lamina-commit {hex_}\n".encode()
 
 
-def ship(remote: Remote, state_dir: str, hex_: str, layer, label: str = "") -> list[str]:
-    """Stream one layer tar into the host's store (digest checked on the way); its output lines."""
+def ship(remote: Remote, state_dir: str, refs: list[LayerRef]) -> list[str]:
+    """Stream layer tars into the host's store, one after another in one session (each
+    digest checked on the way); its output lines."""
     from .channel import Corrupt
 
-    try:
-        done = remote.stream(command("ship", state_dir, hex_, str(layer.size)), shipped(layer, hex_),
-                             spool=f"{state_dir}/staging")
-    except Corrupt as e:
-        raise Failed(f"{label or hex_[:12]}: the controller's cached layer is corrupt ({e}); delete it and"
-                     " run again to rebuild it") from None
+    def data() -> Iterable[bytes | FilePart]:
+        for ref in refs:
+            try:
+                yield from shipped(ref.layer, ref.digest)
+            except Corrupt as e:
+                raise Failed(f"{ref.label}: the controller's cached layer is corrupt ({e}); delete it and"
+                             " run again to rebuild it") from None
+
+    args = [arg for ref in refs for arg in (ref.digest, str(ref.layer.size))]
+    done = remote.stream(command("ship", state_dir, *args), data(), spool=f"{state_dir}/staging")
     if not done.ok:
-        raise Failed(f"{label or hex_[:12]}: shipping failed: {message(done, 'no message')}")
+        what = refs[0].label if len(refs) == 1 else f"{len(refs)} layers"
+        raise Failed(f"{what}: shipping failed: {message(done, 'no message')}")
     return done.stdout
 
 

@@ -190,6 +190,51 @@ def test_a_stream_cut_between_two_members_stores_nothing(hosts, tmp_path, userla
     assert lab.run(h, command("checkseal", "/var/lib/lamina", hex_)).stdout == ""
 
 
+@pytest.mark.parametrize("userland", USERLANDS)
+def test_layers_follow_one_another_in_one_stream_and_a_cut_one_is_not_stored(hosts, userland):
+    """ship.sh takes several layers in one session: `read` takes each commit line and leaves
+    the next tar whole. A stream cut inside the second layer keeps the first, stores nothing
+    of the second; the whole stream stores both."""
+    import hashlib
+    import io
+    import tarfile
+
+    from lamina.materialize import RECORD
+
+    lab = hosts
+    h = on(lab.hosts, userland)
+
+    def layer(n: int) -> tuple[bytes, str]:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for i in range(3):
+                data = os.urandom(5000 + 700 * i + n)
+                info = tarfile.TarInfo(f"l{n}/f{i}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+        tar = buf.getvalue()
+        return tar + bytes(-len(tar) % RECORD), hashlib.sha256(tar).hexdigest()
+
+    (one, hex1), (two, hex2) = layer(1), layer(2)
+    ship = lab.ssh_argv(h, command("ship", "/var/lib/lamina", hex1, str(len(one)), hex2, str(len(two))))
+    first = one + f"lamina-commit {hex1}\n".encode()
+    between = tarfile.open(fileobj=io.BytesIO(two)).getmembers()[-1].offset
+    for cut in (two[:len(two) // 2], two[:between]):  # inside a member (tar fails), between two (it does not)
+        done = subprocess.run(ship, input=first + cut, capture_output=True, timeout=60)
+        assert done.returncode != 0, done.stderr
+        assert lab.run(h, "ls -A /var/lib/lamina/layers /var/lib/lamina/staging").stdout.split() == \
+            ["/var/lib/lamina/layers:", hex1, "/var/lib/lamina/staging:"]
+        assert lab.run(h, f"rm -rf /var/lib/lamina/layers/{hex1} /var/lib/lamina/l/*").returncode == 0
+    assert f"layer {hex2}: the stream ended".encode() in done.stderr, done.stderr
+    done = subprocess.run(ship, input=first + two + f"lamina-commit {hex2}\n".encode(), capture_output=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[1] for line in done.stdout.decode().splitlines()] == [hex1, hex2]
+    for n, hex_ in ((1, hex1), (2, hex2)):
+        assert lab.run(h, f"ls /var/lib/lamina/layers/{hex_}/diff/l{n}").stdout.split() == ["f0", "f1", "f2"]
+    assert lab.run(h, command("checkseal", "/var/lib/lamina", hex1, hex2)).stdout == ""
+
+
 def test_gc_lists_then_removes_only_unused_layers(hosts, tmp_path):
     lab = hosts
     h = lab.hosts[0]
