@@ -338,7 +338,10 @@ def test_committed_image_is_usable_by_specs_at_once(hosts, tmp_path, monkeypatch
 def test_the_state_after_storing_layers_is_what_a_fresh_read_finds(hosts):
     """converge.with_layers stands in for a second read of the host once the layers are
     stored: what it derives from the scripts' output must be what a read finds, field by
-    field, and the comparison after it the same."""
+    field, and the comparison after it the same. First shipped and built layers; then a
+    damaged layer (quarantined, shipped again) and a lost short link (relinked)."""
+    from dataclasses import replace
+
     from lamina import converge, inventory, sshrun
     from lamina.diff import Host, diff
     from lamina.materialize import known, materialize
@@ -349,21 +352,32 @@ def test_the_state_after_storing_layers_is_what_a_fresh_read_finds(hosts):
     h = lab.hosts[0]
     data = next(x.data for x in inventory.read(str(lab.inventory)) if x.name == h)
     plan = host_plan(h, data, [DEMO])
+
+    def store_and_compare(remote, plan, actions):
+        actual = converge.read(remote, plan)
+        todo = diff(plan, actual).materialize
+        assert {m.action for m in todo} == actions
+        replaced = frozenset(m.digest for m in todo if m.damaged)
+        view = Host(plan, actual)
+        stored = materialize(remote, plan, todo, view.names, known(view, plan.layers.values()))
+        derived, fresh = converge.with_layers(actual, plan, stored), converge.read(remote, plan)
+        for field in ("layers", "links", "files", "staging", "damaged", "mounts", "paths"):
+            assert getattr(derived, field) == getattr(fresh, field), field
+        a, b = diff(plan, derived, replaced), diff(plan, fresh, replaced)
+        assert a.changes and not a.errors and not a.materialize
+        for part in a.__slots__:
+            assert getattr(a, part) == getattr(b, part), part
+        return fresh
+
     with sshrun.Connections.for_inventory(str(lab.inventory), [h], False) as conns:
         remote = OpenSSH(conns, h)
         try:
             remote.lock(60)
-            actual = converge.read(remote, plan)
-            todo = diff(plan, actual).materialize
-            assert {m.action for m in todo} == {"ship", "build"}
-            view = Host(plan, actual)
-            stored = materialize(remote, plan, todo, view.names, known(view, plan.layers.values()))
-            derived, fresh = converge.with_layers(actual, plan, stored), converge.read(remote, plan)
+            stored = store_and_compare(remote, plan, {"ship", "build"})
+            base, site = (ref.digest for ref in plan.images["web"].layers[:2])  # the archive, the copied site
+            base_link = next(n for n, t in stored.links.items() if t == f"../layers/{base}/diff")
+            assert lab.run(h, f"echo tampered >> /var/lib/lamina/layers/{site}/diff/srv/www/index.html && "
+                              f"rm /var/lib/lamina/l/{base_link}").returncode == 0
+            store_and_compare(remote, replace(plan, check_layers=True), {"ship", "relink"})
         finally:
             remote.close()
-    for field in ("layers", "links", "files", "staging", "damaged", "mounts", "paths"):
-        assert getattr(derived, field) == getattr(fresh, field), field
-    a, b = diff(plan, derived), diff(plan, fresh)
-    assert a.changes and not a.errors and not a.materialize
-    for part in a.__slots__:
-        assert getattr(a, part) == getattr(b, part), part
