@@ -55,7 +55,7 @@ def in_shell(timeout: float, directory: str = LOCK_DIR) -> str:
     d = shlex.quote(directory)
     return (f"lamina_held=; {{ [ -d {d} ] || mkdir -p -m 700 -- {d}; }} && exec 9>>{d}/apply.lock && "
             f"if flock -w {int(timeout)} 9; then printf '%s\n' {shlex.quote(holder())} > {d}/apply.holder && "
-            f"trap 'exec 8>>{d}/apply.busy && flock -x 8' EXIT && lamina_held=1 && export lamina_held && echo locked; "
+            f"trap 'exec 8>>{d}/apply.busy && flock -x 8' EXIT && export lamina_held=1 && echo locked; "
             f"else printf 'busy %s\n' \"$(cat -- {d}/apply.holder 2>/dev/null || echo 'an unknown holder')\"; "
             f"exec 9>&-; fi")
 

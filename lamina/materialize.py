@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from .diff import Host, Materialize
 from .images import DEFAULT_PATH, LayerRef
+from .lock import BUSY
 from .plan import HostPlan
 from .remote import Failed, Remote, message
 
@@ -29,7 +30,9 @@ SCRIPTS = Path(__file__).with_name("sh")
 
 @cache
 def _script(name: str) -> str:
-    return "SD=$1; shift\n" + (SCRIPTS / "common.sh").read_text() + (SCRIPTS / f"{name}.sh").read_text()
+    # busy: lock.BUSY, the one definition of how a script keeps the host's lock held (common.sh `store`)
+    return (f"SD=$1; shift\nbusy() {{ {BUSY}; }}\n" + (SCRIPTS / "common.sh").read_text()
+            + (SCRIPTS / f"{name}.sh").read_text())
 
 
 def command(name: str, state_dir: str, *args: str) -> str:

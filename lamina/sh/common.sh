@@ -61,11 +61,10 @@ commit() {
 
 # The layer store's directories, root-only; and hold apply.busy shared while this script
 # runs, so that the host's apply lock outlives it — unless the shell that holds the lock runs
-# it (lamina/lock.py BUSY).
+# it (`busy`: lamina/lock.py BUSY, defined ahead of this file by materialize._script).
 # shellcheck disable=SC2174  # parents exist; -m is for these dirs
 store() {
-  [ -n "${lamina_held:-}" ] || { { [ -d /run/lamina ] || mkdir -p -m 700 /run/lamina; } &&
-    exec 8>>/run/lamina/apply.busy && flock -s 8; }
+  busy
   [ -d "$SD/layers" ] && [ -d "$SD/l" ] && [ -d "$SD/staging" ] && [ -d "$SD/cache" ] ||
     mkdir -p -m 700 -- "$SD" "$SD/layers" "$SD/l" "$SD/staging" "$SD/cache"
 }
