@@ -63,7 +63,7 @@ def files(plan: HostPlan, actual) -> dict[str, str]:
     bare = dataclasses.replace(actual, mounts=tuple(m for m in actual.mounts
                                                    if m.target not in targets and not m.target.startswith(inside)))
     result = diff.diff(dataclasses.replace(plan, boot=False), bare)
-    commands = [line for change in result.changes for line in change.apply]
+    commands = diff.apply_lines(result.changes)
     if not commands:
         return {}
     out = {script_path(plan): render("boot.sh.j2", commands="\n".join(commands))}
@@ -90,6 +90,12 @@ def commands(plan: HostPlan, wanted: dict[str, str], actual) -> tuple[list[str],
         lines.append(f"systemctl daemon-reload && systemctl enable --quiet {UNIT.rsplit('/', 1)[1]}")
     if reasons and UNIT not in wanted and script_path(plan) in wanted:
         hook = f"[ -x {script_path(plan)} ] && {script_path(plan)}  # lamina"
-        lines.append(f"if [ ! -e {RC_LOCAL} ]; then printf '#!/bin/sh\\n' > {RC_LOCAL}; fi; "
-                     f"grep -qF {q(hook)} {RC_LOCAL} || printf '%s\\n' {q(hook)} >> {RC_LOCAL}; chmod 755 {RC_LOCAL}")
+        # the hook is looked for by the shell (rc.local is short), chmod only if it is needed
+        # the hook is looked for by the shell (rc.local is short; _p: its last line has no newline),
+        # chmod only if it is needed
+        lines.append(f"if [ ! -e {RC_LOCAL} ]; then printf '#!/bin/sh\\n' > {RC_LOCAL}; fi; _k={q(hook)} _l= _p=; "
+                     f"while IFS= read -r _l || {{ [ -n \"$_l\" ] && _p='\\n'; }}; do "
+                     f"case $_l in *\"$_k\"*) _k=; break ;; esac; _l=; done < {RC_LOCAL}; "
+                     f"[ -z \"$_k\" ] || printf \"$_p%s\\n\" \"$_k\" >> {RC_LOCAL}; "
+                     f"[ -x {RC_LOCAL} ] || chmod 755 {RC_LOCAL}")
     return reasons, lines

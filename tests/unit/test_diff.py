@@ -103,8 +103,10 @@ def test_first_converge_creates_and_mounts_everything_in_order(host_plan):
     assert "/srv/work" not in [p for ps in modes.values() for p in ps]  # a work dir stays 700
     assert "/srv/up" in modes["755"] and "/var/lib/lamina/volumes/data/_data" in modes["755"]
     assert max(script.index(f"chmod {m} ") for m in modes) < first_mount
-    # the target inside the merged tree is made after the overlay is mounted
-    assert script.index("mkdir -p -- /srv/merged/data") > script.index("overlay /srv/merged")
+    # the targets inside the merged tree are made after the overlay is mounted, in one mkdir
+    inner = [line for line in script.splitlines() if line.startswith("mkdir -p -- ")]
+    assert inner == ["mkdir -p -- /srv/merged/data /srv/merged/share /srv/merged/scratch"]
+    assert script.index(inner[0]) > script.index("overlay /srv/merged")
     assert "printf '%s\\n' '{\"team\": \"lab\"}' > /var/lib/lamina/volumes/data/labels.json" in script
 
 
@@ -290,3 +292,62 @@ def test_new_directories_get_exactly_their_modes_whatever_the_umask(tmp_path):
             (f"{t}/srv/upper", 0o755), (f"{t}/srv/work", 0o700), (f"{t}/srv/tmp", 0o1777)]
     subprocess.run(["sh", "-ec", "umask 077\n" + "\n".join(diff.mkdir_commands(dirs))], check=True)
     assert {p: os.stat(p).st_mode & 0o7777 for p, _ in dirs} == dict(dirs)
+
+
+def _mounting(target: str, *inner: str, resolved: str | None = None) -> diff.Change:
+    return diff.Change(f"mount {target}", [], inner=[(p, p) for p in inner],
+                       apply=[f"mount {target}"], targets=(target, resolved or target))
+
+
+def test_mount_points_join_one_mkdir_unless_a_mount_made_since_covers_them():
+    lines = diff.apply_lines([
+        _mounting("/c/a/merged"), _mounting("/c/b/merged"),
+        _mounting("/c/a/merged/data", "/c/a/merged/data"),
+        _mounting("/c/a/merged/data/sub", "/c/a/merged/data/sub"),  # inside a mount made since: after it
+        _mounting("/c/b/merged/data", "/c/b/merged/data"),  # joins the mkdir just before
+    ])
+    assert lines == ["mount /c/a/merged", "mount /c/b/merged", "mkdir -p -- /c/a/merged/data", "mount /c/a/merged/data",
+                     "mkdir -p -- /c/a/merged/data/sub /c/b/merged/data", "mount /c/a/merged/data/sub",
+                     "mount /c/b/merged/data"]
+
+
+def test_a_mount_point_under_a_mount_made_since_through_a_symlink_waits_for_it():
+    # /link/merged resolves to /real/merged: the mount point inside it may not be made before
+    lines = diff.apply_lines([_mounting("/x", "/x"), _mounting("/link/merged", resolved="/real/merged"),
+                              diff.Change("m", [], inner=[("/link/merged/data", "/real/merged/data")],
+                                          apply=["mount data"], targets=("/link/merged/data",) * 2)])
+    assert lines == ["mkdir -p -- /x", "mount /x", "mount /link/merged", "mkdir -p -- /link/merged/data", "mount data"]
+    # ...nor one that is written through the symlink's target
+    lines = diff.apply_lines([_mounting("/x", "/x"), _mounting("/link/merged", resolved="/real/merged"),
+                              _mounting("/real/merged/data", "/real/merged/data")])
+    assert lines[-2:] == ["mkdir -p -- /real/merged/data", "mount /real/merged/data"]
+
+
+def test_one_mkdir_takes_a_bounded_number_of_mount_points():
+    changes = [_mounting("/m")] + [_mounting(f"/m/{i}", f"/m/{i}") for i in range(diff.ARGS_PER_COMMAND + 1)]
+    mkdirs = [line for line in diff.apply_lines(changes) if line.startswith("mkdir")]
+    assert [len(line.split()) - 3 for line in mkdirs] == [diff.ARGS_PER_COMMAND, 1]
+
+
+@pytest.mark.parametrize("before, after", [
+    (None, "#!/bin/sh\n{hook}\n"),  # no rc.local: made, with the hook
+    ("#!/bin/sh\nexit 0", "#!/bin/sh\nexit 0\n{hook}\n"),  # a last line without a newline is still read
+    ("#!/bin/sh\n  {hook}\nexit 0\n", "#!/bin/sh\n  {hook}\nexit 0\n"),  # there already: left as it is
+])
+def test_the_rc_local_hook_is_added_once_and_rc_local_made_executable(host_plan, tmp_path, monkeypatch, before, after):
+    import subprocess
+
+    from lamina import boot
+
+    rc = tmp_path / "rc.local"
+    monkeypatch.setattr(boot, "RC_LOCAL", str(rc))
+    hp = dataclasses.replace(host_plan, boot=True)
+    plain = facts.parse(fact_output(hp, CONVERGED))
+    line = [c for c in diff.diff(hp, plain).changes if c.key == "boot mounts"][0].purge[-1]
+    hook = "[ -x /var/lib/lamina/boot.sh ] && /var/lib/lamina/boot.sh  # lamina"
+    if before is not None:
+        rc.write_text(before.format(hook=hook))
+        rc.chmod(0o644)
+    for _ in range(2):  # a second run changes nothing
+        subprocess.run(["/bin/sh", "-ec", line], check=True)
+        assert rc.read_text() == after.format(hook=hook) and rc.stat().st_mode & 0o777 == 0o755
