@@ -32,7 +32,7 @@ mknod -m 666 "$m/dev/null" c 1 3 && mknod -m 666 "$m/dev/zero" c 1 5
 mknod -m 666 "$m/dev/full" c 1 7 && mknod -m 666 "$m/dev/random" c 1 8
 mknod -m 666 "$m/dev/urandom" c 1 9 && mknod -m 666 "$m/dev/tty" c 5 0
 mount -t proc proc "$m/proc"
-mount --bind "$m/proc/sys" "$m/proc/sys" && mount -o remount,bind,ro "$m/proc/sys"
+mount -o bind,ro -- "$m/proc/sys" "$m/proc/sys"  # one mount(8): util-linux >= 2.27 remounts it read-only
 [ -x "$m/bin/sh" ] || [ -L "$m/bin/sh" ] || fail "step $key: the image has no /bin/sh to run the step with"
 status=0
 # $envs splits on newlines only (IFS): one NAME=VALUE per line
@@ -50,5 +50,5 @@ rm -rf -- "$stage/work" "$m"
 seal sha "$stage/diff"
 hex=$_h
 commit "$SD" "$stage" "$hex" "$hex"
-printf '%s\n' "$hex" > "$SD/cache/$key.tmp"
-mv -f -- "$SD/cache/$key.tmp" "$SD/cache/$key"
+# no temporary and mv: a torn record is no 64-digit name of a stored layer, and the step is built again
+printf '%s\n' "$hex" > "$SD/cache/$key"

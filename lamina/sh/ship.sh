@@ -9,13 +9,20 @@
 # lacks the line, and that layer is not stored.
 store
 unset TAR_OPTIONS  # none of the host's defaults: -b 20 is the record size the controller pads to
-stage=
-trap '[ -z "$stage" ] || [ ! -e "$stage" ] || rm -rf -- "$stage"' EXIT  # committed, it is gone: no rm to run
+# Every layer's stage at once: one mkdir (a stage that exists is an error, inside root-only
+# staging/). A committed stage is gone; the EXIT trap removes those left, with one rm.
+cd -- "$SD/staging"
+stages= i=0
+for a do i=$((i + 1)); [ $((i % 2)) = 0 ] || stages="$stages $a.$$ $a.$$/diff"; done
+# shellcheck disable=SC2086  # hex names and a pid: split on purpose
+trap 'set --; for s in $stages; do [ ! -e "$SD/staging/$s" ] || set -- "$@" "$SD/staging/$s"; done
+  [ "$#" = 0 ] || rm -rf -- "$@"' EXIT
+# shellcheck disable=SC2086
+mkdir -m 755 -- $stages
 while [ "$#" -ge 2 ]; do
   hex=$1 size=$2
   shift 2
   stage="$SD/staging/$hex.$$"
-  mkdir -m 755 -- "$stage" "$stage/diff"  # one process; a stage that exists is an error (inside root-only staging/)
   tar -x -b 20 --xattrs --xattrs-include='trusted.*' --xattrs-include='security.capability' --numeric-owner -p \
     -f - -C "$stage/diff"
   end=
