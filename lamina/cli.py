@@ -343,7 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser(argv[0] if argv and argv[0] in ("plan", "apply") else None).parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a short output meets a closed pipe here, not at exit
+        return code
     except SpecInvalid as e:
         from . import loader
 
@@ -355,6 +357,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lamina: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lamina plan | head`: the reader left; say nothing more, as cat would
+        import os
+
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        except (OSError, ValueError):  # not a file (an embedding program's stream)
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a command a pipe cut short
 
 
 if __name__ == "__main__":

@@ -326,3 +326,29 @@ def test_awkward_targets_read_back_from_mountinfo(awk):
     line = f"36 35 98:0 / {escaped} rw,noatime master:1 - tmpfs tmpfs rw,size=1024k"
     (entry,) = parse_mountinfo([line])
     assert entry.target == target
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`lamina schema | head -1`: the pipe closes under lamina's output; it stops quietly with
+    128 + SIGPIPE, as a shell reports a command a pipe cut short."""
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "lamina.cli", "schema"], cwd=Path(__file__).parents[2],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before lamina writes a byte
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == b""
+
+
+def test_output_held_in_a_buffer_meets_the_closed_pipe_at_the_flush(monkeypatch):
+    """A short output sits in stdout's buffer until lamina flushes it: the closed pipe is
+    met there, inside main, and not at the interpreter's exit (exit 120 and a message)."""
+    import io
+    import sys
+
+    class Closed(io.StringIO):  # what stdout does when the pipe's reader is gone
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    assert main(["schema"]) == 141
