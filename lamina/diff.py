@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import posixpath
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from . import MAX_MOUNT_DATA, PROTECTED
@@ -255,7 +256,7 @@ class _Run:
         self.pending: set[str] = set()  # targets that wait for layers to be shipped or built
 
     def inside(self, path: str, targets: set[str]) -> bool:
-        return any(path.startswith(t.rstrip("/") + "/") for t in targets)
+        return bool(targets) and any(a in targets for a in _ancestors(path))
 
     def lost_upper(self, item: Item) -> str | None:
         """An upper dir that is gone although the overlay was set up before: its work dir
@@ -517,22 +518,27 @@ def apply_lines(changes: list[Change]) -> list[str]:
     point was a third of a container's mounting) unless a mount made since covers it."""
     lines: list[str | list[str]] = []
     batch: list[str] | None = None
-    since: list[str] = []  # targets mounted since the open batch
+    since: set[str] = set()  # targets mounted since the open batch
     for change in changes:
         for path, resolved in change.inner:
             if (batch is None or len(batch) >= ARGS_PER_COMMAND
-                    or any(_within(p, t) for t in since for p in (path, resolved))):
-                batch, since = [], []
+                    or any(a in since for p in (path, resolved) for a in (p, *_ancestors(p)))):
+                batch, since = [], set()
                 lines.append(batch)
             batch.append(path)
         lines += change.apply
         if change.apply:
-            since += change.targets
+            since.update(t.rstrip("/") or "/" for t in change.targets)
     return [f"mkdir -p -- {' '.join(q(p) for p in line)}" if isinstance(line, list) else line for line in lines]
 
 
-def _within(path: str, target: str) -> bool:
-    return path == target or path.startswith(target.rstrip("/") + "/")
+def _ancestors(path: str) -> Iterator[str]:
+    """The directories above an absolute path, nearest first, "/" last: a lookup per
+    level in a set of targets, where a scan of the set for each path grew with its square."""
+    path = path.rstrip("/")
+    while path:
+        path = path.rsplit("/", 1)[0]
+        yield path or "/"
 
 
 def script(result: Result) -> str:

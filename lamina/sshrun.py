@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import select
-import shutil
 import subprocess
 import threading
 import time
@@ -44,8 +43,10 @@ def available() -> bool:
 
 def _ssh(found: list[str | None] = []) -> str | None:  # noqa: B006 - found once per run
     """The ssh client's path, searched once: each exec then skips the PATH walk."""
-    if not found:
-        found.append(shutil.which("ssh"))
+    if not found:  # shutil.which, without importing shutil (bz2, lzma...) before the first connection
+        dirs = os.environ.get("PATH", os.defpath).split(os.pathsep)
+        paths = (os.path.join(d or ".", "ssh") for d in dirs)
+        found.append(next((p for p in paths if os.access(p, os.X_OK) and not os.path.isdir(p)), None))
     return found[0]
 
 
@@ -268,7 +269,12 @@ class Connections:
         for shell in self.shells.values():
             shell.proc.stdout.close()
             shell.proc.stderr.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            os.rmdir(self.dir)  # each master removed its socket
+        except OSError:
+            import shutil
+
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Connections:
         return self
