@@ -124,13 +124,8 @@ def bench_specs(sizes: Sequence[int], runs: int, work: Path, approaches: Sequenc
                     firsts[name].append(timed(argv))
                 if count_mounts(prefix) != 3 * n:
                     raise SystemExit(f"bench: {name} N={n}: {count_mounts(prefix)} mounts, want {3 * n}")
-            noops: dict[str, list[float]] = {name: [] for name in group}
-            commands: dict[str, float] = {name: 0 for name in group}
-            for i in range(max(tries, 5) if group == paired else tries):  # a no-op run is cheap: 5 at least
-                for name in group if i % 2 == 0 else group[::-1]:  # ABBA: neither always goes first
-                    marks = {h.name: lab.mark(h.name) for h in lab.hosts()}
-                    noops[name].append(timed(setups[name][0]))
-                    commands[name] = max(commands[name], *(len(lab.exec_requests(h, m)) for h, m in marks.items()))
+            noops, commands = _noops({name: setups[name][0] for name in group},
+                                     max(tries, 5) if group == paired else tries)  # a no-op run is cheap: 5 at least
             for name in group:
                 on_hosts(setups[name][1])
                 row = {"n": n, "approach": name, "runs": tries, "noop_runs": len(noops[name]),
@@ -141,6 +136,19 @@ def bench_specs(sizes: Sequence[int], runs: int, work: Path, approaches: Sequenc
                 log(f"N={n:<4} {name:<8} first {row['first_s']:7.2f}s   no-op {row['noop_s']:6.2f}s"
                     f"   {commands[name]:g} remote commands/host   (runs: {_runs(firsts[name])}; {_runs(noops[name])})")
     return rows
+
+
+def _noops(argvs: dict[str, list[str]], runs: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Each approach's no-op runs, taken in turns (ABBA: neither always goes first), and the
+    most remote commands (sshd session requests) one run made on one host."""
+    noops: dict[str, list[float]] = {name: [] for name in argvs}
+    commands: dict[str, float] = dict.fromkeys(argvs, 0)
+    for i in range(runs):
+        for name in list(argvs) if i % 2 == 0 else list(argvs)[::-1]:
+            marks = {h.name: lab.mark(h.name) for h in lab.hosts()}
+            noops[name].append(timed(argvs[name]))
+            commands[name] = max(commands[name], *(len(lab.exec_requests(h, m)) for h, m in marks.items()))
+    return noops, commands
 
 
 # --- layer shipping --------------------------------------------------------------------------

@@ -90,7 +90,6 @@ def commands(plan: HostPlan, wanted: dict[str, str], actual) -> tuple[list[str],
         lines.append(f"systemctl daemon-reload && systemctl enable --quiet {UNIT.rsplit('/', 1)[1]}")
     if reasons and UNIT not in wanted and script_path(plan) in wanted:
         hook = f"[ -x {script_path(plan)} ] && {script_path(plan)}  # lamina"
-        # the hook is looked for by the shell (rc.local is short), chmod only if it is needed
         # the hook is looked for by the shell (rc.local is short; _p: its last line has no newline),
         # chmod only if it is needed
         lines.append(f"if [ ! -e {RC_LOCAL} ]; then printf '#!/bin/sh\\n' > {RC_LOCAL}; fi; _k={q(hook)} _l= _p=; "
