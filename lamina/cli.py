@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
 
 from . import DEFAULT_STATE_DIR
 from .errors import LaminaError, SpecInvalid, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+
+    from .sshrun import Connections
 
 EPILOG = """\
 examples:
@@ -42,6 +48,8 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line; with `only` ("plan" or "apply"), just that command: a re-run then
     skips building the twenty other parsers (~10 ms of every run), with the same usage,
     help and errors for that command."""
+    import argparse  # not at the top: plan and apply connect to their hosts first (main)
+
     p = argparse.ArgumentParser(
         prog="lamina", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Docker's storage model — layers, overlays, volumes, binds — as idempotent"
@@ -191,17 +199,17 @@ def cmd_schema(args) -> int:
 
 
 def _run(args, apply: bool) -> int:
-    from . import sshrun
-
-    # Connect first, then import and plan while the SSH handshakes run.
-    early = sshrun.Connections.for_inventory(args.inventory, args.limit, args.sudo)
+    early = args.connections if "connections" in args else _connect(args.inventory, args.limit, args.sudo)
     flags = {"gc": False, "prune": getattr(args, "prune", False), "check_layers": args.check_layers}
+    global _only_read
     report = read = None
+    _only_read = False
     try:
         if early is not None:  # hosts as the last run left them need no planner at all
             from . import fastpath
 
             report, read = fastpath.read(early, args.specs, flags)
+            _only_read = report is not None
         if report is None:
             from .runner import run
 
@@ -209,7 +217,7 @@ def _run(args, apply: bool) -> int:
                          read=read, lock_timeout=args.lock_timeout, **flags)
     finally:
         if early is not None:
-            early.close()
+            early.close(wait=not _only_read)  # the fact scripts only read: nothing to see to its end
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
@@ -339,9 +347,77 @@ def cmd_verify(args) -> int:
                   junitxml=args.junitxml, quiet=args.quiet)
 
 
+# plan's and apply's options as _hosts_named reads them (a unit test holds them to the parser's):
+# those taking a value, with the field it sets (None: not one that picks the hosts), and flags
+VALUED = {"-i": "inventory", "--inventory": "inventory", "--limit": "limit", "--host": "limit", "--lock-timeout": None}
+FLAGS = {"--sudo", "--check-layers", "--json", "--prune", "--detailed-exitcode"}
+
+
+def _hosts_named(argv: Sequence[str]) -> tuple[str, list[str], bool] | None:
+    """(inventory, limit, sudo) of a `plan` or `apply` command line, read without argparse;
+    None for any shape this plain reading could get wrong (`--opt=value`, abbreviations,
+    `--`, `-h`): argparse decides those, and the hosts are connected after it."""
+    if not argv or argv[0] not in ("plan", "apply"):
+        return None
+    named: dict[str, object] = {"inventory": None, "limit": [], "sudo": False}
+    args = iter(argv[1:])
+    for arg in args:
+        if arg in VALUED:
+            value = next(args, None)
+            if value is None or value.startswith("-"):
+                return None
+            if VALUED[arg] == "limit":
+                named["limit"].append(value)
+            elif VALUED[arg]:
+                named[VALUED[arg]] = value
+        elif arg in FLAGS:
+            named["sudo"] = named["sudo"] or arg == "--sudo"
+        elif arg.startswith("-"):
+            return None
+    return (named["inventory"], named["limit"], named["sudo"]) if named["inventory"] else None
+
+
+def _connect(inventory: str, limit: list[str], sudo: bool) -> Connections | None:
+    from . import sshrun
+
+    return sshrun.Connections.for_inventory(inventory, limit, sudo)
+
+
+_only_read = False  # this process's run was the in-sync re-run: it read the hosts, and that was all
+
+
+def entry() -> None:
+    """The `lamina` command. After an in-sync re-run the process ends at once: it has nothing
+    left to finalize (no temporary file, thread or pending write), and freeing the
+    interpreter's objects one by one would take ~10 ms of a ~250 ms run."""
+    code = main()
+    if _only_read:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except OSError:  # the reader left (main said so already)
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser(argv[0] if argv and argv[0] in ("plan", "apply") else None).parse_args(argv)
+    # plan and apply connect to their hosts first, and import, parse and plan while the SSH
+    # handshakes run: before argparse is imported, when the hosts can be told without it
+    named = _hosts_named(argv)
+    early = _connect(*named) if named else None
+    try:
+        args = parser(argv[0] if argv and argv[0] in ("plan", "apply") else None).parse_args(argv)
+    except BaseException:  # a usage error or --help: nothing was run on the connections
+        if early is not None:
+            early.close()
+        raise
+    if named:
+        if named == (args.inventory, args.limit, args.sudo):
+            args.connections = early
+        elif early is not None:  # argparse read it otherwise: connect to the hosts it names
+            early.close()
     try:
         code = args.func(args)
         sys.stdout.flush()  # a short output meets a closed pipe here, not at exit
@@ -358,8 +434,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("lamina: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `lamina plan | head`: the reader left; say nothing more, as cat would
-        import os
-
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         except (OSError, ValueError):  # not a file (an embedding program's stream)
@@ -368,4 +442,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

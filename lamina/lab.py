@@ -32,11 +32,8 @@ Importing this module is cheap (standard library only): the inventory imports it
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 import time
@@ -52,7 +49,7 @@ HARNESS = Path(__file__).with_name("labhosts.sh")
 # session.c do_exec): "Starting session: command for root from 10.203.0.1 port 4711 id 0".
 # The kind is "command", "command on pts/N", "subsystem 'sftp'", "shell", "forced-command".
 # OpenSSH logs no command text at any LogLevel.
-_SESSION = re.compile(r"^Starting session: (.+?) for \S+ from ")
+_SESSION = r"^Starting session: (.+?) for \S+ from "
 
 
 class LabError(LaminaError):
@@ -135,6 +132,8 @@ def host(name: str) -> LabHost:
 
 
 def _check_machine(init: str | None = None) -> None:
+    import shutil  # not at the top: the lab inventory imports this module on every run (bz2, lzma)
+
     if os.geteuid() != 0:
         raise LabError("lamina lab needs root (network namespaces, mounts): run it as root")
     if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
@@ -198,6 +197,8 @@ def machine_suite() -> str:
 
 def fleet(text: str) -> list[str]:
     """"bookworm:2,trixie:1" → one userland (a Debian suite) per host, in order."""
+    import re
+
     out = []
     for part in text.split(","):
         suite, _, count = part.strip().partition(":")
@@ -217,6 +218,8 @@ def userland(suite: str) -> str:
     root = USERLANDS_DIR / suite
     if (root / ".lamina-userland").is_file():
         return str(root)
+    import shutil
+
     debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
     if not os.path.exists(debootstrap):
         raise LabError(f"a {suite} userland needs debootstrap: apt-get install debootstrap")
@@ -368,7 +371,10 @@ def exec_requests(name: str, since: int = 0) -> list[str]:
     except FileNotFoundError:
         host(name)  # raises the helpful error
         raise
-    found = [m.group(1) for m in map(_SESSION.match, text.splitlines()) if m]
+    import re
+
+    session = re.compile(_SESSION)
+    found = [m.group(1) for m in map(session.match, text.splitlines()) if m]
     return found[since:]
 
 
@@ -457,6 +463,7 @@ def _guard(fn):
 
 def register(subparsers) -> None:
     """Add ``lab`` with its sub-commands to an argparse sub-parsers object."""
+    import argparse  # here, not at the top (nor re): the lab inventory imports this module on every run
     env_help = (
         "environment: LAMINA_LAB_DIR (state dir, default /run/lamina/lab), LAMINA_LAB_PREFIX "
         "(host names, default lab), LAMINA_LAB_NET (default 10.203.0: hosts get .11, .12, ...), "

@@ -254,23 +254,31 @@ class Connections:
         except (OSError, EOFError, mux.Refused):
             master.terminate()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         """End the shells (end of input), then the connections; a master that has not gone
-        after a moment is killed: nothing runs on it any more."""
+        after a moment is killed: nothing runs on it any more. With `wait` False (a run that
+        only read), nothing is waited for but each master's word that it is going: it ends
+        its sessions and exits by itself, and its socket is removed here."""
         for name in self.masters:
             _LIVE.pop(name, None)
-        for shell in self.shells.values():
-            shell.end()
-        _ended([s.proc for s in self.shells.values()], 5)
+        if wait:
+            for shell in self.shells.values():
+                shell.end()
+            _ended([s.proc for s in self.shells.values()], 5)
         for name, master in self.masters.items():
             if master.poll() is None:
                 self._terminate(name, master)
-        _ended(self.masters.values(), 0.3)
+        if wait:
+            _ended(self.masters.values(), 0.3)
         for shell in self.shells.values():
-            shell.proc.stdout.close()
-            shell.proc.stderr.close()
+            shell.close()
+        for n in self.index.values():
+            try:
+                os.unlink(self._socket(n))  # a master that has gone removed its own
+            except FileNotFoundError:
+                pass
         try:
-            os.rmdir(self.dir)  # each master removed its socket
+            os.rmdir(self.dir)
         except OSError:
             import shutil
 
@@ -373,3 +381,10 @@ class _Shell:
             self.proc.stdin.close()
         except OSError:
             pass
+
+    def close(self) -> None:
+        """Let go of the session: its pipes, and the session itself if it still runs."""
+        self.end()
+        self.proc.kill()
+        self.proc.stdout.close()
+        self.proc.stderr.close()

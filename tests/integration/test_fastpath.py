@@ -136,3 +136,35 @@ def test_sessions_are_opened_on_the_master_without_an_ssh_client(hosts):  # noqa
         assert not isinstance(again, mux.Session)
         out, _ = again.communicate(timeout=30)
         assert again.returncode == 0 and out == b"fresh\n"
+
+
+def test_an_in_sync_rerun_ends_at_once_and_leaves_no_connection_behind(hosts, tmp_path):  # noqa: F811
+    """The in-sync re-run ends without waiting for its connections to close (sshrun close
+    with wait=False, cli.entry): each master was told to go and does, and the run's
+    control sockets and their directory are gone."""
+    import os
+    import time
+
+    lab = hosts
+    changes(lab)
+    control = tmp_path / "control"  # the run's control directory is made under $TMPDIR
+    control.mkdir()
+    out = lamina("apply", "-i", str(lab.inventory), env={"TMPDIR": str(control)})
+    assert all(re.search(rf"^{h}: 0 changed, \d+ unchanged$", out.stdout, re.M) for h in lab.hosts), out.stdout
+    assert list(control.iterdir()) == []
+
+    def masters() -> list[str]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+            except OSError:
+                continue
+            if str(control) in argv:
+                found.append(argv.replace("\0", " "))
+        return found
+
+    deadline = time.monotonic() + 10
+    while masters() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert masters() == []
