@@ -517,6 +517,39 @@ def extract(layer: Path, into: Path) -> None:
                     "--numeric-owner", "-p", "-f", str(layer), "-C", str(into)], check=True)
 
 
+def umount(path: Path) -> None:
+    """umount(8), again for up to 5 s while the kernel says the mount is busy: in a CI run
+    (after the integration tests, never alone) it was, twice, just after the test wrote into
+    it. Still busy: the processes holding it, to say who."""
+    deadline = time.monotonic() + 5
+    while (done := subprocess.run(["umount", str(path)], capture_output=True, text=True)).returncode:
+        if "busy" not in done.stderr or time.monotonic() > deadline:
+            raise AssertionError(f"umount {path}: {done.stderr.strip()}; held by: {holders(path)}")
+        time.sleep(0.05)
+
+
+def holders(path: Path) -> list[str]:
+    """The processes whose cwd, root or an open file is under `path`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        links = [f"/proc/{pid}/cwd", f"/proc/{pid}/root"]
+        try:
+            links += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
+            held = [t for t in map(_readlink, links) if t and t.startswith(str(path))]
+            if held:
+                found.append(f"{pid} {Path(f'/proc/{pid}/cmdline').read_bytes()[:80]!r}: {held}")
+        except OSError:
+            continue
+    return found
+
+
+def _readlink(link: str) -> str | None:
+    try:
+        return os.readlink(link)
+    except OSError:
+        return None
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     mnt = tmp_path / "tmpfs"
@@ -570,7 +603,7 @@ def test_overlay_form_is_real_overlayfs_after_gnu_tar(tmp_path, tmpfs):
     assert (kst.st_mode, kst.st_rdev, kst.st_uid, kst.st_gid) == (st.st_mode, 0, 0, 0)
 
     # Round trip on the kernel-made upper dir: overlay dir → OCI tar → overlay tar → GNU tar → OCI tar.
-    subprocess.run(["umount", str(m2)], check=True)
+    umount(m2)
     mounted.remove(m2)
     buf = io.BytesIO()
     d1 = tarball.oci_tar_from_overlay_dir(up, buf)
@@ -724,7 +757,7 @@ def test_overlay_tar_of_a_real_upper_dir_equals_the_directory_and_round_trips(tm
     (m / os.fsdecode(b"caf\xe9")).write_text("latin-1 name")
     os.setxattr(m / "new", "security.capability", CAP)
     os.mkfifo(m / "fifo")
-    subprocess.run(["umount", str(m)], check=True)
+    umount(m)
     mounted.remove(m)
     assert os.lstat(up / "gone").st_nlink > 1 and os.getxattr(up / "d", "trusted.overlay.opaque") == b"y"
 
