@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
@@ -88,13 +89,53 @@ def commands(plan: HostPlan, wanted: dict[str, str], actual) -> tuple[list[str],
                      f"mv -f -- {q(path)}.lamina {q(path)}")
     if reasons and UNIT in wanted:
         lines.append(f"systemctl daemon-reload && systemctl enable --quiet {UNIT.rsplit('/', 1)[1]}")
-    if reasons and UNIT not in wanted and script_path(plan) in wanted:
-        hook = f"[ -x {script_path(plan)} ] && {script_path(plan)}  # lamina"
-        # the hook is looked for by the shell (rc.local is short; _p: its last line has no newline),
-        # chmod only if it is needed
-        lines.append(f"if [ ! -e {RC_LOCAL} ]; then printf '#!/bin/sh\\n' > {RC_LOCAL}; fi; _k={q(hook)} _l= _p=; "
-                     f"while IFS= read -r _l || {{ [ -n \"$_l\" ] && _p='\\n'; }}; do "
-                     f"case $_l in *\"$_k\"*) _k=; break ;; esac; _l=; done < {RC_LOCAL}; "
-                     f"[ -z \"$_k\" ] || printf \"$_p%s\\n\" \"$_k\" >> {RC_LOCAL}; "
-                     f"[ -x {RC_LOCAL} ] || chmod 755 {RC_LOCAL}")
+    if UNIT not in wanted and script_path(plan) in wanted:
+        why, line = _rc_local(plan, actual)
+        reasons += why
+        lines += line
     return reasons, lines
+
+
+# The last line that runs, when it is an `exit` (Debian's rc.local ends with `exit 0`).
+_EXIT = re.compile(r"\s*exit(\s+[^\s;#]+)?\s*;?\s*(#.*)?")
+
+
+def hook(plan: HostPlan) -> str:
+    """The line of /etc/rc.local that starts the boot script."""
+    return f"[ -x {script_path(plan)} ] && {script_path(plan)}  # lamina"
+
+
+def rc_local(lines: Sequence[str] | None, line: str) -> list[str] | None:
+    """rc.local's lines with `line` where it runs: before the final `exit` if the script ends
+    with one (a hook after it would never run), else at the end; None when it runs already."""
+    if lines is None:
+        return ["#!/bin/sh", line]
+    ends = None  # index of the final exit, hook lines aside
+    for i in range(len(lines) - 1, -1, -1):
+        text = lines[i].strip()
+        if line in lines[i] or not text or text.startswith("#"):
+            continue
+        ends = i if _EXIT.fullmatch(lines[i]) else None
+        break
+    hooks = [i for i, x in enumerate(lines) if line in x]
+    if hooks and (ends is None or hooks[0] < ends):
+        return None
+    body = [x for i, x in enumerate(lines) if i not in hooks]
+    at = len(body) if ends is None else ends - sum(1 for i in hooks if i < ends)
+    return [*body[:at], line, *body[at:]]
+
+
+def _rc_local(plan: HostPlan, actual) -> tuple[list[str], list[str]]:
+    """(reasons, shell lines) that make /etc/rc.local start the boot script, and executable."""
+    from .diff import q
+
+    want = rc_local(actual.rc_local, hook(plan))
+    if want is None:
+        return ([], []) if actual.rc_local_x else ([f"{RC_LOCAL} is not executable"], [f"chmod 755 -- {RC_LOCAL}"])
+    why = (f"{RC_LOCAL} is missing" if actual.rc_local is None else
+           f"{RC_LOCAL} exits before it starts the boot script" if any(hook(plan) in x for x in actual.rc_local) else
+           f"{RC_LOCAL} does not start the boot script")
+    # written beside the file it names (a symlink's target) and moved over it: never half-written
+    return [why], [f"_r=$(readlink -f -- {RC_LOCAL}) || _r={RC_LOCAL}; "
+                   f"printf '%s\\n' {' '.join(q(x) for x in want)} > \"$_r.lamina\" && "
+                   f"chmod 755 -- \"$_r.lamina\" && mv -f -- \"$_r.lamina\" \"$_r\""]

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from .boot import RC_LOCAL
 from .plan import HostPlan
 
 _OCTAL = re.compile(r"\\([0-7]{3})")
@@ -117,6 +118,8 @@ class HostState:
     damaged: frozenset[str] = frozenset()  # layers whose content no longer matches their seal
     init: str = "none"  # "systemd" when systemd runs the host
     blobs: dict[str, str] = field(default_factory=dict)  # generated files' sha256
+    rc_local: tuple[str, ...] | None = None  # /etc/rc.local's lines, read when boot needs it; None: no such file
+    rc_local_x: bool = False  # whether it is executable
 
     def resolve(self, path: str) -> str:
         info = self.paths.get(path)
@@ -214,6 +217,12 @@ def command(plan: HostPlan) -> str:
         f"echo {MARK}-files",
         *_first_lines(files, len(plan.files())),
         f"echo {MARK}-init; [ -d /run/systemd/system ] && echo systemd || echo none",
+        # without systemd the boot script is started from rc.local: its lines (a builtin read,
+        # each behind "|" so that none is taken for a section marker)
+        *([f"if [ ! -d /run/systemd/system ] && [ -f {RC_LOCAL} ]; then echo {MARK}-rc-local; "
+           f"[ -x {RC_LOCAL} ] && echo x || echo -; "
+           f"while IFS= read -r _l || [ -n \"$_l\" ]; do printf '|%s\\n' \"$_l\"; _l=; done < {RC_LOCAL}; fi"]
+          if plan.blobs() else []),
         # ("$@" is free again: the blobs that exist, for one sha256sum)
         *([f"echo {MARK}-blobs; set --; for f in {' '.join(shlex.quote(b) for b in plan.blobs())}; do "
            "[ -f \"$f\" ] && set -- \"$@\" \"$f\"; done; [ $# = 0 ] || sha256sum -- \"$@\" 2>/dev/null || :"]
@@ -339,6 +348,8 @@ def parse(lines: Sequence[str]) -> HostState:
         damaged=frozenset(line.split(":")[0] for line in sections.get("seals", []) if ":" in line),
         init=(sections.get("init") or ["none"])[0].strip(),
         blobs=_blobs(sections.get("blobs", [])),
+        rc_local=tuple(x[1:] for x in sections["rc-local"][1:]) if "rc-local" in sections else None,
+        rc_local_x=sections.get("rc-local", [""])[0] == "x",
         mounts=tuple(parse_mountinfo(sections.get("mountinfo", []))),
         paths=paths,
         util_linux=tuple(int(g) for g in version.groups() if g) if version else (),

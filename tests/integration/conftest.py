@@ -235,24 +235,22 @@ class SystemdLab(Lab):
             return lab.reboot(host)
 
 
-@pytest.fixture(scope="module")
-def systemd_lab():
-    """Two hosts rb1, rb2 (10.233.0.11-12, dir /run/lamina/rebootlab) with systemd as PID 1 and
-    persistent disks, for the module that asks for it; taken down at its end. Separate from the
-    session's ``lab``: rebooting or downing it disturbs no other test."""
+def _own_lab(env: dict[str, str], what: str, **up):
+    """A lab of its own (its LAMINA_LAB_* `env`), started with lamina.lab.up(**up), yielded as a
+    SystemdLab and taken down after."""
     problem = _machine_problem()
     if problem:
         pytest.fail(problem, pytrace=False)
     from lamina import lab as labmod
 
-    env = {**SYSTEMD_LAB_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     slab = SystemdLab(hosts=[], inventory=REPO / "inventories" / "lab.py", ssh_config=Path(), env=env)
     try:
         with slab.active():  # not around the yield: os.environ stays the session's meanwhile
             try:
-                started = labmod.up(init="systemd", disks="persistent", userlands=["bookworm", "trixie"])
+                started = labmod.up(**up)
             except labmod.LabError as e:
-                pytest.fail(f"cannot start the systemd test lab: {e}", pytrace=False)
+                pytest.fail(f"cannot start the {what} test lab: {e}", pytrace=False)
             slab.hosts = [h.name for h in started]
             slab.ssh_config = labmod.ssh_config()
             slab.addresses = {h.name: h.address for h in started}
@@ -260,3 +258,20 @@ def systemd_lab():
     finally:
         with slab.active():
             labmod.down()
+
+
+@pytest.fixture(scope="module")
+def systemd_lab():
+    """Two hosts rb1, rb2 (10.233.0.11-12, dir /run/lamina/rebootlab) with systemd as PID 1 and
+    persistent disks, for the module that asks for it; taken down at its end. Separate from the
+    session's ``lab``: rebooting or downing it disturbs no other test."""
+    yield from _own_lab(SYSTEMD_LAB_ENV, "systemd", init="systemd", disks="persistent",
+                        userlands=["bookworm", "trixie"])
+
+
+@pytest.fixture(scope="module")
+def sysv_lab():
+    """One host rbs1 (10.233.2.11, dir /run/lamina/rebootlab-s) without systemd (sshd is PID 1,
+    the host's /etc/rc.local runs at boot, as on a SysV host) and with persistent disks."""
+    yield from _own_lab({"LAMINA_LAB_DIR": "/run/lamina/rebootlab-s", "LAMINA_LAB_PREFIX": "rbs",
+                         "LAMINA_LAB_NET": "10.233.2"}, "rc.local", n=1, init="sshd", disks="persistent")

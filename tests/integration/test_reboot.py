@@ -5,6 +5,7 @@ back without lamina running, verify passes, and a re-run changes nothing."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -63,3 +64,47 @@ def test_an_edited_unit_is_repaired(systemd_lab, demo_rootfs):
     assert "ExecStart=/bin/sh /var/lib/lamina/boot.sh" in slab.run(h, "cat /etc/systemd/system/lamina-mounts.service").stdout
     slab.reboot(h)
     assert "/srv/demo/merged" in lamina_mounts(slab, h)
+
+
+# Debian's /etc/rc.local as it shipped: anything appended after its `exit 0` never runs.
+DEBIAN_RC_LOCAL = """#!/bin/sh -e
+#
+# rc.local
+#
+# This script is executed at the end of each multiuser runlevel.
+#
+# By default this script does nothing.
+
+exit 0
+"""
+
+
+def test_without_systemd_mounts_come_back_from_rc_local(sysv_lab, demo_rootfs):
+    """A host without systemd whose rc.local ends in `exit 0`: lamina starts its boot script
+    before that exit, every mount comes back after a reboot, and a re-run changes nothing.
+    A hook left after the exit (or removed) is drift, repaired like any other."""
+    slab = sysv_lab
+    h = slab.hosts[0]
+    inv = str(slab.inventory)
+    assert slab.run(h, CLEAN).returncode == 0
+    assert slab.run(h, f"printf %s {shlex.quote(DEBIAN_RC_LOCAL)} > /etc/rc.local && chmod 755 /etc/rc.local").returncode == 0
+    lamina_in(slab, "apply", "-i", inv, str(DEMO), "--limit", h)
+    hook = "[ -x /var/lib/lamina/boot.sh ] && /var/lib/lamina/boot.sh  # lamina"
+    assert slab.run(h, "cat /etc/rc.local").stdout == DEBIAN_RC_LOCAL.replace("exit 0", f"{hook}\nexit 0")
+    before = lamina_mounts(slab, h)
+    assert len(before) >= 10, before
+    slab.reboot(h)
+    assert lamina_mounts(slab, h) == before  # back without lamina running
+    lamina_in(slab, "verify", "-i", inv, str(DEMO), "--limit", h, "-q")
+    report = json.loads(lamina_in(slab, "apply", "-i", inv, str(DEMO), "--limit", h, "--json").stdout)
+    assert report["hosts"][h]["changed"] == [], report
+
+    for drift, why in ((f"printf '%s\\n' {shlex.quote(hook)} >> /etc/rc.local", "exits before it starts the boot script"),
+                       ("printf '#!/bin/sh\\nexit 0\\n' > /etc/rc.local", "does not start the boot script")):
+        slab.run(h, f"printf %s {shlex.quote(DEBIAN_RC_LOCAL)} > /etc/rc.local && {drift}")
+        plan = json.loads(lamina_in(slab, "plan", "-i", inv, str(DEMO), "--limit", h, "--json").stdout)
+        assert [(c["object"], c["reasons"]) for c in plan["hosts"][h]["changed"]] == [
+            ("boot mounts", [f"/etc/rc.local {why}"])]
+        lamina_in(slab, "apply", "-i", inv, str(DEMO), "--limit", h)
+        rc = slab.run(h, "cat /etc/rc.local").stdout.splitlines()
+        assert rc[-2:] == [hook, "exit 0"] and rc.count(hook) == 1, rc

@@ -329,25 +329,62 @@ def test_one_mkdir_takes_a_bounded_number_of_mount_points():
     assert [len(line.split()) - 3 for line in mkdirs] == [diff.ARGS_PER_COMMAND, 1]
 
 
+DEBIAN_RC_LOCAL = "#!/bin/sh -e\n#\n# rc.local\n#\n# By default this script does nothing.\n\nexit 0\n"
+
+
 @pytest.mark.parametrize("before, after", [
     (None, "#!/bin/sh\n{hook}\n"),  # no rc.local: made, with the hook
-    ("#!/bin/sh\nexit 0", "#!/bin/sh\nexit 0\n{hook}\n"),  # a last line without a newline is still read
-    ("#!/bin/sh\n  {hook}\nexit 0\n", "#!/bin/sh\n  {hook}\nexit 0\n"),  # there already: left as it is
+    ("#!/bin/sh\necho hi", "#!/bin/sh\necho hi\n{hook}\n"),  # a last line without a newline is still read
+    # Debian's: the hook goes before its final exit, where it runs
+    (DEBIAN_RC_LOCAL, DEBIAN_RC_LOCAL.replace("exit 0", "{hook}\nexit 0")),
+    # after the exit (where lamina used to append it): moved before it
+    ("#!/bin/sh\nexit 0  # done\n{hook}\n\n", "#!/bin/sh\n{hook}\nexit 0  # done\n\n"),
+    ("#!/bin/sh\n  {hook}\nexit 0\n", None),  # there already, where it runs: only made executable
+    ("#!/bin/sh\nif [ -e /x ]; then\n  exit 1\nfi\n", "#!/bin/sh\nif [ -e /x ]; then\n  exit 1\nfi\n{hook}\n"),
 ])
-def test_the_rc_local_hook_is_added_once_and_rc_local_made_executable(host_plan, tmp_path, monkeypatch, before, after):
+def test_rc_local_starts_the_boot_script_where_it_runs(host_plan, tmp_path, monkeypatch, before, after):
+    """The fact command reads rc.local, the diff places the hook, its line writes the file;
+    read again, the file needs nothing more."""
     import subprocess
 
     from lamina import boot
 
     rc = tmp_path / "rc.local"
     monkeypatch.setattr(boot, "RC_LOCAL", str(rc))
+    monkeypatch.setattr(facts, "RC_LOCAL", str(rc))
     hp = dataclasses.replace(host_plan, boot=True)
-    plain = facts.parse(fact_output(hp, CONVERGED))
-    line = [c for c in diff.diff(hp, plain).changes if c.key == "boot mounts"][0].purge[-1]
-    hook = "[ -x /var/lib/lamina/boot.sh ] && /var/lib/lamina/boot.sh  # lamina"
+    hook = boot.hook(hp)
     if before is not None:
         rc.write_text(before.format(hook=hook))
         rc.chmod(0o644)
-    for _ in range(2):  # a second run changes nothing
+    (read,) = [line for line in facts.command(hp).splitlines() if str(rc) in line]
+
+    def boot_change():
+        got = subprocess.run(["/bin/sh", "-c", f"echo @@lamina-x\n{read}\necho @@lamina-end"],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+        seen = facts.parse(got)
+        state = dataclasses.replace(facts.parse(fact_output(hp, CONVERGED)),
+                                    rc_local=seen.rc_local, rc_local_x=seen.rc_local_x)
+        return [c for c in diff.diff(hp, state).changes if c.key == "boot mounts"][0]
+
+    change = boot_change()
+    lines = [line for line in change.purge if str(rc) in line]
+    if after is None:
+        assert lines == [f"chmod 755 -- {rc}"] and change.reasons[-1] == f"{rc} is not executable"
+        after = before
+    for line in lines:
         subprocess.run(["/bin/sh", "-ec", line], check=True)
-        assert rc.read_text() == after.format(hook=hook) and rc.stat().st_mode & 0o777 == 0o755
+    assert rc.read_text() == after.format(hook=hook) and rc.stat().st_mode & 0o777 == 0o755
+    assert not [line for line in boot_change().purge if str(rc) in line]  # a second run: nothing to do
+
+
+def test_rc_local_placing():
+    from lamina import boot
+
+    hook = "[ -x /s/boot.sh ] && /s/boot.sh  # lamina"
+    assert boot.rc_local(None, hook) == ["#!/bin/sh", hook]
+    assert boot.rc_local(["exit 0", hook], hook) == [hook, "exit 0"]
+    assert boot.rc_local(["exit", "", "# end"], hook) == [hook, "exit", "", "# end"]
+    assert boot.rc_local(["echo exit 0"], hook) == ["echo exit 0", hook]  # not an exit command
+    assert boot.rc_local([hook, "exit 0"], hook) is None
+    assert boot.rc_local(["exit 3;", "x", hook], hook) is None  # not a final exit: it runs if x does
