@@ -45,8 +45,9 @@ import re
 import stat
 import tarfile
 import tempfile
+import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -274,21 +275,51 @@ def _cached(key: list[Any], build: Callable[[], list[Layer]]) -> list[Layer]:
     layers_dir = _subdir("layers")
     try:
         rows = json.loads(index.read_text())
-        layers = []
+        layers, seen = [], [index.stat()]
         for row in rows:
             if not (_DIGEST.fullmatch(row["diff_id"]) and _HEX.fullmatch(row["sha256"])):
                 raise ValueError("bad index row")
             layer = Layer(row["diff_id"], layers_dir / f"{row['sha256']}.tar", row["sha256"], int(row["size"]))
-            if layer.path.stat().st_size != layer.size:
+            seen.append(layer.path.stat())
+            if seen[-1].st_size != layer.size:
                 raise ValueError("size mismatch")
             layers.append(layer)
+        _used(zip([index, *(la.path for la in layers)], seen, strict=True))
         return layers
     except (OSError, ValueError, KeyError, TypeError):
         pass
     layers = build()
     rows = [{"diff_id": la.diff_id, "sha256": la.sha256, "size": la.size} for la in layers]
     _atomic_write(index, lambda f: f.write(json.dumps(rows).encode()))
+    _prune()
     return layers
+
+
+# The cache keeps what was used lately: a hit marks its index file and tars used (their mtime,
+# at most once a day: a mark changes a tar's signature, so plans stored with it are made
+# again once), and each miss removes every entry unused for STALE.
+STALE = planstore.STALE
+MARKED = 86400
+
+
+def _used(found: Iterable[tuple[Path, os.stat_result]]) -> None:
+    now = time.time()
+    for path, st in found:
+        if st.st_mtime < now - MARKED:
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
+
+def _prune() -> None:
+    """Remove cache entries (index files, layer tars, leftover temporary files) unused for
+    STALE. An index whose tar is gone is a miss, rebuilt; a plan stored with it is made again."""
+    old = time.time() - STALE
+    for sub in ("index", "layers"):
+        with os.scandir(_subdir(sub)) as found:
+            for entry in found:
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < old:
+                        os.unlink(entry.path)
 
 
 def _atomic_write(path: Path, fill: Callable[[IO[bytes]], Any]) -> None:

@@ -488,6 +488,33 @@ def test_cache_hit_is_fast_identical_and_reads_no_content(tmp_path, cache, monke
     assert (cache.stat().st_mode & 0o777) == 0o700
 
 
+def test_cache_drops_what_was_not_used_lately(tmp_path, cache):
+    src = tmp_path / "a.tar"
+    with tarfile.open(src, "w") as tf:
+        ti = tarfile.TarInfo("f")
+        ti.size = 3
+        tf.addfile(ti, io.BytesIO(b"abc"))
+    first = tarball.from_archive(src, "/a")
+    entries = [*(cache / "index").iterdir(), first.path]
+    (cache / "layers" / ".tmp-left").write_bytes(b"")  # an interrupted build's leftover
+    stale = time.time() - tarball.STALE - 60
+
+    def age(paths):
+        for p in paths:
+            os.utime(p, (stale, stale))
+
+    age([*entries, cache / "layers" / ".tmp-left"])
+    assert tarball.from_archive(src, "/a") == first  # a hit marks its entries used...
+    assert all(p.stat().st_mtime > time.time() - 60 for p in entries)
+    tarball.from_archive(src, "/b")  # ...so a miss (which prunes) keeps them
+    assert all(p.exists() for p in entries) and not (cache / "layers" / ".tmp-left").exists()
+
+    age(entries)
+    other = tarball.from_archive(src, "/c")  # a miss: what was not used for STALE goes
+    assert not any(p.exists() for p in entries) and other.path.exists()
+    assert tarball.from_archive(src, "/a") == first and first.path.exists()  # made again when asked
+
+
 # ---- the reverse conversion ----------------------------------------------------------------
 
 
