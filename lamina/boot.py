@@ -108,32 +108,36 @@ def hook(plan: HostPlan) -> str:
 def rc_local(lines: Sequence[str] | None, line: str) -> list[str] | None:
     """rc.local's lines with `line` where it runs: before the final `exit` if the script ends
     with one (a hook after it would never run), else at the end; None when it runs already."""
-    if lines is None:
-        return ["#!/bin/sh", line]
+    lines = lines or []
     ends = None  # index of the final exit, hook lines aside
     for i in range(len(lines) - 1, -1, -1):
         text = lines[i].strip()
-        if line in lines[i] or not text or text.startswith("#"):
+        if text == line or not text or text.startswith("#"):
             continue
         ends = i if _EXIT.fullmatch(lines[i]) else None
         break
-    hooks = [i for i, x in enumerate(lines) if line in x]
+    hooks = [i for i, x in enumerate(lines) if x.strip() == line]  # not a commented-out one
     if hooks and (ends is None or hooks[0] < ends):
         return None
     body = [x for i, x in enumerate(lines) if i not in hooks]
     at = len(body) if ends is None else ends - sum(1 for i in hooks if i < ends)
-    return [*body[:at], line, *body[at:]]
+    shebang = [] if any(x.strip() for x in body) else ["#!/bin/sh"]  # a file of its own: made runnable
+    return [*shebang, *body[:at], line, *body[at:]]
 
 
 def _rc_local(plan: HostPlan, actual) -> tuple[list[str], list[str]]:
     """(reasons, shell lines) that make /etc/rc.local start the boot script, and executable."""
     from .diff import q
 
+    if actual.rc_local_mode == "?":
+        return [], []  # not read as lines: never rewritten (diff._boot warns)
     want = rc_local(actual.rc_local, hook(plan))
     if want is None:
-        return ([], []) if actual.rc_local_x else ([f"{RC_LOCAL} is not executable"], [f"chmod 755 -- {RC_LOCAL}"])
+        return ([], []) if actual.rc_local_mode == "x" else ([f"{RC_LOCAL} is not executable"],
+                                                            [f"chmod 755 -- {RC_LOCAL}"])
     why = (f"{RC_LOCAL} is missing" if actual.rc_local is None else
-           f"{RC_LOCAL} exits before it starts the boot script" if any(hook(plan) in x for x in actual.rc_local) else
+           f"{RC_LOCAL} exits before it starts the boot script"
+           if any(x.strip() == hook(plan) for x in actual.rc_local) else
            f"{RC_LOCAL} does not start the boot script")
     # written beside the file it names (a symlink's target) and moved over it: never half-written
     return [why], [f"_r=$(readlink -f -- {RC_LOCAL}) || _r={RC_LOCAL}; "

@@ -450,7 +450,11 @@ def _boot(plan: HostPlan, actual: HostState, result: Result) -> None:
 
     if result.materialize or result.errors:
         return  # written once the layers are there (the second comparison of the run)
-    reasons, lines = boot.commands(plan, boot.files(plan, actual), actual)
+    wanted = boot.files(plan, actual)
+    reasons, lines = boot.commands(plan, wanted, actual)
+    if actual.rc_local_mode == "?" and boot.UNIT not in wanted and wanted:
+        result.warnings.append(f"{boot.RC_LOCAL} cannot be read line by line: left as it is, so it does not start"
+                               f" {boot.script_path(plan)} and the mounts will not come back after a reboot")
     if reasons:
         result.changes.append(Change("boot mounts", reasons, purge=lines))
 

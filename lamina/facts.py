@@ -119,7 +119,7 @@ class HostState:
     init: str = "none"  # "systemd" when systemd runs the host
     blobs: dict[str, str] = field(default_factory=dict)  # generated files' sha256
     rc_local: tuple[str, ...] | None = None  # /etc/rc.local's lines, read when boot needs it; None: no such file
-    rc_local_x: bool = False  # whether it is executable
+    rc_local_mode: str = ""  # "x" executable, "-" not, "?" there but not read as lines (not to be rewritten)
 
     def resolve(self, path: str) -> str:
         info = self.paths.get(path)
@@ -219,9 +219,9 @@ def command(plan: HostPlan) -> str:
         f"echo {MARK}-init; [ -d /run/systemd/system ] && echo systemd || echo none",
         # without systemd the boot script is started from rc.local: its lines (a builtin read,
         # each behind "|" so that none is taken for a section marker)
-        *([f"if [ ! -d /run/systemd/system ] && [ -f {RC_LOCAL} ]; then echo {MARK}-rc-local; "
-           f"[ -x {RC_LOCAL} ] && echo x || echo -; "
-           f"while IFS= read -r _l || [ -n \"$_l\" ]; do printf '|%s\\n' \"$_l\"; _l=; done < {RC_LOCAL}; fi"]
+        *([f"if [ ! -d /run/systemd/system ] && {{ [ -e {RC_LOCAL} ] || [ -L {RC_LOCAL} ]; }}; then "
+           f"echo {MARK}-rc-local; [ -x {RC_LOCAL} ] && echo x || echo -; {{ [ -f {RC_LOCAL} ] && while IFS= "
+           f"read -r _l || [ -n \"$_l\" ]; do printf '|%s\\n' \"$_l\"; _l=; done < {RC_LOCAL}; }} || echo '?'; fi"]
           if plan.blobs() else []),
         # ("$@" is free again: the blobs that exist, for one sha256sum)
         *([f"echo {MARK}-blobs; set --; for f in {' '.join(shlex.quote(b) for b in plan.blobs())}; do "
@@ -303,6 +303,17 @@ def _blobs(lines: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _rc_local(section: list[str] | None) -> dict:
+    """HostState's rc_local fields: a line not behind "|" (a read that failed, or a line
+    break other than \\n in the file) leaves the file's lines unknown."""
+    if section is None:
+        return {}
+    lines = section[1:]
+    if not section or section[0] not in ("x", "-") or any(not x.startswith("|") for x in lines):
+        return {"rc_local": (), "rc_local_mode": "?"}
+    return {"rc_local": tuple(x[1:] for x in lines), "rc_local_mode": section[0]}
+
+
 def parse(lines: Sequence[str]) -> HostState:
     sections: dict[str, list[str]] = {}
     current = None
@@ -348,8 +359,7 @@ def parse(lines: Sequence[str]) -> HostState:
         damaged=frozenset(line.split(":")[0] for line in sections.get("seals", []) if ":" in line),
         init=(sections.get("init") or ["none"])[0].strip(),
         blobs=_blobs(sections.get("blobs", [])),
-        rc_local=tuple(x[1:] for x in sections["rc-local"][1:]) if "rc-local" in sections else None,
-        rc_local_x=sections.get("rc-local", [""])[0] == "x",
+        **_rc_local(sections.get("rc-local")),
         mounts=tuple(parse_mountinfo(sections.get("mountinfo", []))),
         paths=paths,
         util_linux=tuple(int(g) for g in version.groups() if g) if version else (),

@@ -341,6 +341,8 @@ DEBIAN_RC_LOCAL = "#!/bin/sh -e\n#\n# rc.local\n#\n# By default this script does
     ("#!/bin/sh\nexit 0  # done\n{hook}\n\n", "#!/bin/sh\n{hook}\nexit 0  # done\n\n"),
     ("#!/bin/sh\n  {hook}\nexit 0\n", None),  # there already, where it runs: only made executable
     ("#!/bin/sh\nif [ -e /x ]; then\n  exit 1\nfi\n", "#!/bin/sh\nif [ -e /x ]; then\n  exit 1\nfi\n{hook}\n"),
+    ("", "#!/bin/sh\n{hook}\n"),  # empty: a shebang too
+    ("# {hook}\nexit 0\n", "# {hook}\n{hook}\nexit 0\n"),  # commented out: not the hook
 ])
 def test_rc_local_starts_the_boot_script_where_it_runs(host_plan, tmp_path, monkeypatch, before, after):
     """The fact command reads rc.local, the diff places the hook, its line writes the file;
@@ -364,7 +366,7 @@ def test_rc_local_starts_the_boot_script_where_it_runs(host_plan, tmp_path, monk
                              capture_output=True, text=True, check=True).stdout.splitlines()
         seen = facts.parse(got)
         state = dataclasses.replace(facts.parse(fact_output(hp, CONVERGED)),
-                                    rc_local=seen.rc_local, rc_local_x=seen.rc_local_x)
+                                    rc_local=seen.rc_local, rc_local_mode=seen.rc_local_mode)
         return [c for c in diff.diff(hp, state).changes if c.key == "boot mounts"][0]
 
     change = boot_change()
@@ -388,3 +390,27 @@ def test_rc_local_placing():
     assert boot.rc_local(["echo exit 0"], hook) == ["echo exit 0", hook]  # not an exit command
     assert boot.rc_local([hook, "exit 0"], hook) is None
     assert boot.rc_local(["exit 3;", "x", hook], hook) is None  # not a final exit: it runs if x does
+    assert boot.rc_local([], hook) == ["#!/bin/sh", hook]
+
+
+@pytest.mark.parametrize("content", ["#!/bin/sh\nexit 0\fx\n", "directory"])
+def test_an_rc_local_not_read_line_by_line_is_left_alone_with_a_warning(host_plan, tmp_path, monkeypatch, content):
+    """A line break other than \\n (or a file that is not one) would not survive a rewrite."""
+    import subprocess
+
+    from lamina import boot
+
+    rc = tmp_path / "rc.local"
+    rc.mkdir() if content == "directory" else rc.write_text(content)
+    monkeypatch.setattr(boot, "RC_LOCAL", str(rc))
+    monkeypatch.setattr(facts, "RC_LOCAL", str(rc))
+    hp = dataclasses.replace(host_plan, boot=True)
+    (read,) = [line for line in facts.command(hp).splitlines() if str(rc) in line]
+    got = subprocess.run(["/bin/sh", "-c", f"echo @@lamina-x\n{read}\necho @@lamina-end"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    seen = facts.parse(got)
+    assert seen.rc_local_mode == "?"
+    state = dataclasses.replace(facts.parse(fact_output(hp, CONVERGED)), rc_local=seen.rc_local, rc_local_mode="?")
+    result = diff.diff(hp, state)
+    assert not [x for c in result.changes for x in c.purge if str(rc) in x]
+    assert [w for w in result.warnings if "cannot be read line by line" in w]
