@@ -18,7 +18,7 @@ import pickle
 import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 try:  # CPython's own sha256 for these few small digests: hashlib loads OpenSSL and blake2 first
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 _noted: dict[str, Any] | None = None  # path → signature, while planning is recorded
 ENV = ("HOME", "LAMINA_CACHE_DIR", "LAMINA_IMAGES")
-STALE = 14 * 86400  # entries unused this long are removed
+DAY = 86400
+STALE = 14 * DAY  # entries unused this long are removed
 FORMAT = 2  # of a stored entry: another is planned afresh
 SMALL = 256 << 10  # files up to this size are compared by content (a spec rewritten within one clock tick)
 
@@ -198,6 +199,7 @@ def load(key: str | None) -> Entry | None:
         return None
     try:
         with open(_path(key), "rb") as f:
+            age = time.time() - os.fstat(f.fileno()).st_mtime
             stored = pickle.load(f)
         if stored["format"] != FORMAT or stored["key"] != key:
             return None
@@ -212,4 +214,30 @@ def load(key: str | None) -> Entry | None:
         os.utime(_path(key))  # in use: not swept as stale (a hit is not saved again)
     except OSError:
         pass
+    if age > DAY:  # and so are the cached layer tars its plans ship
+        layers = os.path.dirname(_path(key)).removesuffix("plans") + "layers"
+        mark_used(name for name in entry.inputs if os.path.dirname(name) == layers)
     return entry
+
+
+def mark_used(tars: Iterable[str]) -> None:
+    """Stamp cached layer tars used now (<cache>/used/<name>, at most once a day each): the
+    layer cache keeps what runs used lately (tarball._prune). Not the tars' own mtime: it is
+    part of their signature here, and of the check made while one is streamed to a host."""
+    from . import cache_path
+
+    used, now = os.path.join(cache_path(), "used"), time.time()
+    for tar in tars:
+        stamp = os.path.join(used, os.path.basename(tar))
+        try:
+            if os.stat(stamp).st_mtime > now - DAY:
+                continue
+        except OSError:
+            pass
+        try:
+            os.makedirs(used, mode=0o700, exist_ok=True)
+            with open(stamp, "ab"):
+                pass
+            os.utime(stamp)
+        except OSError:
+            pass  # a read-only cache: nothing is pruned from it either

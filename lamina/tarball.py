@@ -47,7 +47,7 @@ import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -284,7 +284,10 @@ def _cached(key: list[Any], build: Callable[[], list[Layer]]) -> list[Layer]:
             if seen[-1].st_size != layer.size:
                 raise ValueError("size mismatch")
             layers.append(layer)
-        _used(zip([index, *(la.path for la in layers)], seen, strict=True))
+        if seen[0].st_mtime < time.time() - planstore.DAY:
+            with contextlib.suppress(OSError):
+                os.utime(index)
+        planstore.mark_used(str(la.path) for la in layers)
         return layers
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -295,31 +298,33 @@ def _cached(key: list[Any], build: Callable[[], list[Layer]]) -> list[Layer]:
     return layers
 
 
-# The cache keeps what was used lately: a hit marks its index file and tars used (their mtime,
-# at most once a day: a mark changes a tar's signature, so plans stored with it are made
-# again once), and each miss removes every entry unused for STALE.
+# The cache keeps what was used lately: a hit marks its index file (mtime) and its tars
+# (planstore.mark_used, as a stored plan does), and each miss removes every entry unused for
+# STALE.
 STALE = planstore.STALE
-MARKED = 86400
-
-
-def _used(found: Iterable[tuple[Path, os.stat_result]]) -> None:
-    now = time.time()
-    for path, st in found:
-        if st.st_mtime < now - MARKED:
-            with contextlib.suppress(OSError):
-                os.utime(path)
 
 
 def _prune() -> None:
-    """Remove cache entries (index files, layer tars, leftover temporary files) unused for
-    STALE. An index whose tar is gone is a miss, rebuilt; a plan stored with it is made again."""
+    """Remove what no run used for STALE: index files, layer tars (by their stamps in used/),
+    the stamps themselves and temporary leftovers. An index whose tar is gone is a miss,
+    rebuilt; a plan stored with it is made again."""
     old = time.time() - STALE
-    for sub in ("index", "layers"):
+    used = _subdir("used")
+    for sub in ("index", "layers", "used"):  # tars before their stamps
         with os.scandir(_subdir(sub)) as found:
             for entry in found:
+                if _since(entry.path, old) or (sub == "layers" and _since(used / entry.name, old)):
+                    continue
                 with contextlib.suppress(OSError):
-                    if entry.stat(follow_symlinks=False).st_mtime < old:
-                        os.unlink(entry.path)
+                    os.unlink(entry.path)
+
+
+def _since(path: str | Path, when: float) -> bool:
+    """Whether the file was modified at `when` or later (False when there is none)."""
+    try:
+        return os.lstat(path).st_mtime >= when
+    except OSError:
+        return False
 
 
 def _atomic_write(path: Path, fill: Callable[[IO[bytes]], Any]) -> None:

@@ -108,6 +108,28 @@ def test_a_stored_plan_is_read_without_the_spec_machinery(work):
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+def test_a_stored_plan_marks_its_layer_tars_used_once_a_day(work):
+    """What keeps the layer cache from dropping the tars of a spec that is only ever re-run
+    from its stored plan (tarball._prune), without touching the tars themselves."""
+    root, spec, calls = work
+    plans(spec)
+    cache = root / "cache"
+    (tar,) = (cache / "layers").glob("*.tar")
+    stamp = cache / "used" / tar.name
+    before = os.stat(tar)
+    long_ago = before.st_mtime - 3 * planstore.DAY
+    for entry in (cache / "plans").iterdir():
+        os.utime(entry, (long_ago, long_ago))
+    os.utime(stamp, (long_ago, long_ago))
+    plans(spec)
+    assert calls == [1] and stamp.stat().st_mtime > long_ago + planstore.DAY  # stamped now
+    os.utime(stamp, (long_ago, long_ago))
+    plans(spec)  # the stored plan was used less than a day ago: nothing stamped again
+    assert calls == [1] and stamp.stat().st_mtime == long_ago
+    after = os.stat(tar)
+    assert (after.st_mtime_ns, after.st_ctime_ns) == (before.st_mtime_ns, before.st_ctime_ns)
+
+
 def test_signature_sees_a_change_deep_in_a_tree(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     f = tmp_path / "a" / "b" / "f"

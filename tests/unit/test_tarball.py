@@ -495,6 +495,7 @@ def test_cache_drops_what_was_not_used_lately(tmp_path, cache):
         ti.size = 3
         tf.addfile(ti, io.BytesIO(b"abc"))
     first = tarball.from_archive(src, "/a")
+    stamp = cache / "used" / first.path.name
     entries = [*(cache / "index").iterdir(), first.path]
     (cache / "layers" / ".tmp-left").write_bytes(b"")  # an interrupted build's leftover
     stale = time.time() - tarball.STALE - 60
@@ -503,15 +504,16 @@ def test_cache_drops_what_was_not_used_lately(tmp_path, cache):
         for p in paths:
             os.utime(p, (stale, stale))
 
-    age([*entries, cache / "layers" / ".tmp-left"])
+    age([*entries, cache / "layers" / ".tmp-left"])  # (no stamp yet: a build is not a use)
+    tar_before = os.stat(first.path)
     assert tarball.from_archive(src, "/a") == first  # a hit marks its entries used...
-    assert all(p.stat().st_mtime > time.time() - 60 for p in entries)
+    assert stamp.stat().st_mtime > time.time() - 60 and os.stat(first.path) == tar_before  # (not the tar itself)
     tarball.from_archive(src, "/b")  # ...so a miss (which prunes) keeps them
     assert all(p.exists() for p in entries) and not (cache / "layers" / ".tmp-left").exists()
 
-    age(entries)
+    age([*entries, stamp])
     other = tarball.from_archive(src, "/c")  # a miss: what was not used for STALE goes
-    assert not any(p.exists() for p in entries) and other.path.exists()
+    assert not any(p.exists() for p in [*entries, stamp]) and other.path.exists()
     assert tarball.from_archive(src, "/a") == first and first.path.exists()  # made again when asked
 
 
