@@ -299,17 +299,23 @@ def _cached(key: list[Any], build: Callable[[], list[Layer]]) -> list[Layer]:
 
 
 # The cache keeps what was used lately: a hit marks its index file (mtime) and its tars
-# (planstore.mark_used, as a stored plan does), and each miss removes every entry unused for
-# STALE.
+# (planstore.mark_used, as a stored plan does), and a miss removes, at most once a day, every
+# entry unused for STALE.
 STALE = planstore.STALE
 
 
 def _prune() -> None:
     """Remove what no run used for STALE: index files, layer tars (by their stamps in used/),
     the stamps themselves and temporary leftovers. An index whose tar is gone is a miss,
-    rebuilt; a plan stored with it is made again."""
-    old = time.time() - STALE
+    rebuilt; a plan stored with it is made again. Once a day (used/.pruned): the cache may
+    hold 100,000s of entries, and a deep image's build misses once per layer."""
     used = _subdir("used")
+    now = time.time()
+    if _since(used / ".pruned", now - planstore.DAY):
+        return
+    with contextlib.suppress(OSError):
+        (used / ".pruned").touch()
+    old = now - STALE
     for sub in ("index", "layers", "used"):  # tars before their stamps
         with os.scandir(_subdir(sub)) as found:
             for entry in found:

@@ -508,12 +508,21 @@ def test_cache_drops_what_was_not_used_lately(tmp_path, cache):
     tar_before = os.stat(first.path)
     assert tarball.from_archive(src, "/a") == first  # a hit marks its entries used...
     assert stamp.stat().st_mtime > time.time() - 60 and os.stat(first.path) == tar_before  # (not the tar itself)
+    pruned = cache / "used" / ".pruned"  # the first miss pruned the cache: the next, a day later
+
+    def a_day_later():
+        os.utime(pruned, (time.time() - tarball.planstore.DAY - 60,) * 2)
+
+    a_day_later()
     tarball.from_archive(src, "/b")  # ...so a miss (which prunes) keeps them
     assert all(p.exists() for p in entries) and not (cache / "layers" / ".tmp-left").exists()
 
     age([*entries, stamp])
-    other = tarball.from_archive(src, "/c")  # a miss: what was not used for STALE goes
-    assert not any(p.exists() for p in [*entries, stamp]) and other.path.exists()
+    tarball.from_archive(src, "/c")  # a miss, but the cache was pruned less than a day ago
+    assert all(p.exists() for p in entries)
+    a_day_later()
+    other = tarball.from_archive(src, "/d")  # a miss a day later: what was not used for STALE goes
+    assert not any(p.exists() for p in [*entries, stamp]) and other.path.exists() and pruned.exists()
     assert tarball.from_archive(src, "/a") == first and first.path.exists()  # made again when asked
 
 
