@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -26,6 +25,12 @@ examples:
 
 exit codes: 0 ok, 1 a host failed or verification failed, 2 bad input (nothing touched)
 """
+
+
+def _print_json(value) -> None:
+    import json  # not at the top: with re and enum, ~15 ms before a run's first connection
+
+    print(json.dumps(value, indent=2))
 
 
 def _targets(p: argparse.ArgumentParser, converge: bool = False) -> None:
@@ -194,7 +199,7 @@ def cmd_validate(args) -> int:
 def cmd_schema(args) -> int:
     from .spec import json_schema
 
-    print(json.dumps(json_schema(), indent=2))
+    _print_json(json_schema())
     return 0
 
 
@@ -219,7 +224,7 @@ def _run(args, apply: bool) -> int:
         if early is not None:
             early.close(wait=not _only_read)  # the fact scripts only read: nothing to see to its end
     if args.json:
-        print(json.dumps(report.as_json(), indent=2))
+        _print_json(report.as_json())
     else:
         print("\n".join(report.lines(applied=apply)))
     if report.failed:
@@ -240,8 +245,7 @@ def cmd_apply(args) -> int:
 def cmd_inspect(args) -> int:
     from .runner import inspect
 
-    print(json.dumps(inspect(args.inventory, args.specs, args.container, sudo=args.sudo, limit=args.limit),
-                     indent=2))
+    _print_json(inspect(args.inventory, args.specs, args.container, sudo=args.sudo, limit=args.limit))
     return 0
 
 
@@ -250,7 +254,7 @@ def cmd_diff(args) -> int:
 
     result = diff(args.inventory, args.specs, args.container, sudo=args.sudo, limit=args.limit)
     if args.json:
-        print(json.dumps({h: [{"Kind": k, "Path": p} for k, p in c] for h, c in result.items()}, indent=2))
+        _print_json({h: [{"Kind": k, "Path": p} for k, p in c] for h, c in result.items()})
     else:
         for host, changes in result.items():
             prefix = f"{host}: " if len(result) > 1 else ""
@@ -262,8 +266,8 @@ def cmd_commit(args) -> int:
     from .lifecycle import commit
 
     done = commit(args.inventory, args.specs, args.container, args.image, sudo=args.sudo, limit=args.limit)
-    print(json.dumps({"Host": done.host, "Image": done.image, "Id": done.image_id, "Layer": done.layer.diff_id,
-                      "Archive": str(done.archive), "From": f"lamina:{done.image}"}, indent=2))
+    _print_json({"Host": done.host, "Image": done.image, "Id": done.image_id, "Layer": done.layer.diff_id,
+                 "Archive": str(done.archive), "From": f"lamina:{done.image}"})
     return 0
 
 
@@ -312,14 +316,14 @@ def cmd_volume(args) -> int:
     if args.volume_command == "ls":
         found = volumes.ls(args.inventory, **kw)
         if args.json:
-            print(json.dumps(found, indent=2))
+            _print_json(found)
         else:
             print(f"{'HOST':<12} {'VOLUME':<24} {'USED BY':<40} LABELS")
             for v in found:
                 labels = ",".join(f"{k}={x}" for k, x in v["Labels"].items())
                 print(f"{v['Host']:<12} {v['Name']:<24} {','.join(v['UsedBy']) or '-':<40} {labels or '-'}")
     elif args.volume_command == "inspect":
-        print(json.dumps(volumes.inspect(args.inventory, args.name, **kw), indent=2))
+        _print_json(volumes.inspect(args.inventory, args.name, **kw))
     else:
         confirm(f"Delete volume {args.name} and all its data?", args.yes)
         for host in volumes.rm(args.inventory, args.name, **kw):
@@ -332,7 +336,7 @@ def cmd_gc(args) -> int:
 
     report = run(args.inventory, args.specs, apply=args.yes, sudo=args.sudo, limit=args.limit, gc=True)
     if args.json:
-        print(json.dumps(report.as_json(), indent=2))
+        _print_json(report.as_json())
     else:
         print("\n".join(report.lines(applied=args.yes)))
         if not args.yes and any(h.changed for h in report.hosts.values()):

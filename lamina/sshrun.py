@@ -10,10 +10,6 @@ never silently trusted.
 from __future__ import annotations
 
 import os
-import re
-import select
-import subprocess
-import threading
 import time
 from collections import namedtuple
 
@@ -33,7 +29,8 @@ SSH_KEYS = frozenset({"ssh_hostname", "ssh_port", "ssh_user", "ssh_key", "ssh_kn
 
 
 # Every import here is paid by every run before its first connection: no dataclasses,
-# typing or concurrent.futures (~15 ms together).
+# typing or concurrent.futures (~15 ms together), and subprocess, threading, select and re
+# only once the connections are on their way (~25 ms; see `_Spawned`).
 Outcome = namedtuple("Outcome", "ok stdout stderr")
 
 
@@ -116,15 +113,14 @@ class Connections:
     def __init__(self, hosts: Mapping[str, Mapping[str, Any]], sudo: bool):
         self.dir = _private_dir()  # the control sockets are ours alone
         self.hosts, self.sudo = dict(hosts), sudo
-        self.masters: dict[str, subprocess.Popen] = {}
+        self.masters: dict[str, _Spawned] = {}
         self.shells: dict[str, _Shell] = {}
-        self.starting = {name: threading.Lock() for name in self.hosts}
         self.index = {name: n for n, name in enumerate(self.hosts)}  # control socket of each
         for n, (name, data) in enumerate(self.hosts.items()):
-            master = argv(name, data, sudo, remote="", extra=self._control(n, "yes") + ("-N",))
-            self.masters[name] = subprocess.Popen(master, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                                  stderr=subprocess.DEVNULL)
+            self.masters[name] = _Spawned(argv(name, data, sudo, remote="", extra=self._control(n, "yes") + ("-N",)))
             _LIVE[name] = self._control(n, "no")
+        _imports()
+        self.starting = {name: threading.Lock() for name in self.hosts}
 
     @classmethod
     def for_inventory(cls, inventory_path: str, limit, sudo: bool) -> Connections | None:
@@ -244,7 +240,7 @@ class Connections:
             raise errors[0]
         return {n: results[n] for n in names}
 
-    def _terminate(self, name: str, master: subprocess.Popen) -> None:
+    def _terminate(self, name: str, master: _Spawned) -> None:
         """Ask the master to exit through its control socket: OpenSSH 9.2's client can miss a
         SIGTERM that lands just before it polls (it wakes at its next timeout, seconds later)."""
         from . import mux
@@ -291,8 +287,61 @@ class Connections:
         self.close()
 
 
+def _imports() -> None:
+    """This module's other imports, made once the masters are spawned (each use calls it)."""
+    global re, select, subprocess, threading
+    import re
+    import select
+    import subprocess
+    import threading
+
+
+class _Spawned:
+    """A process spawned with os.posix_spawn, its stdio on /dev/null, and the part of Popen's
+    interface that masters need: the first connections start before subprocess is imported."""
+
+    def __init__(self, argv: list[str]):
+        self.args, self.returncode = argv, None
+        null = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, flags, 0)
+                for fd, flags in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY))]
+        # SIGPIPE and SIGXFSZ back to their defaults, as Popen does (Python ignores them)
+        self.pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=null, setsigdef=(13, 25))
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere
+                pid, status = self.pid, 255 << 8
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.002)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(15)
+
+    def kill(self) -> None:
+        self.send_signal(9)
+
+
 def _ended(procs, grace: float) -> None:
     """Wait up to `grace` seconds in all for the processes to exit; kill those that did not."""
+    _imports()
     deadline = time.monotonic() + grace
     for proc in procs:
         try:
@@ -314,6 +363,7 @@ class _Shell:
     output after it (a process the script left behind, still writing) ends the shell's use."""
 
     def __init__(self, proc: mux.Session | subprocess.Popen):
+        _imports()
         self.proc = proc
         self.lock, self.alive = threading.Lock(), True
 
