@@ -52,14 +52,14 @@ rm -rf /srv/* /mnt/* /var/lib/lamina/* /etc/rc.local
 
 
 def write_inventory(work: Path) -> str:
-    """The running lab's hosts as a user's inventory file, with what inventories/lab.py gives
-    them (host keys checked, the lab's ssh_config): lamina runs with it, as with any user's
-    inventory, rather than importing the lab module to read the lab's state file on every
-    run (~12 ms, a test-harness cost)."""
+    """The running lab's hosts as a user's inventory file: the data inventories/lab.py gives
+    them now, written out. lamina runs with it, as with any user's inventory, rather than
+    importing the lab module to read the lab's state file on every run (~12 ms, a
+    test-harness cost)."""
+    import runpy
+
     global INVENTORY
-    hosts = [(h.name, {"ssh_hostname": h.address, "ssh_user": "root", "ssh_key": str(lab.identity()),
-                       "ssh_known_hosts_file": str(lab.known_hosts()), "ssh_strict_host_key_checking": "yes",
-                       "lamina_roles": ["demo"], "ssh_config_file": str(lab.ssh_config())}) for h in lab.hosts()]
+    hosts = runpy.run_path(str(REPO / "inventories" / "lab.py"))["lab"]
     path = work / f"inventory-{len(hosts)}.py"
     path.write_text(f"# the bench lab's hosts, as a user's inventory file\nbench = {hosts!r}\n")
     INVENTORY = str(path)

@@ -199,7 +199,6 @@ def load(key: str | None) -> Entry | None:
         return None
     try:
         with open(_path(key), "rb") as f:
-            age = time.time() - os.fstat(f.fileno()).st_mtime
             stored = pickle.load(f)
         if stored["format"] != FORMAT or stored["key"] != key:
             return None
@@ -210,34 +209,39 @@ def load(key: str | None) -> Entry | None:
     for name, sig in entry.inputs.items():
         if signature(name.removeprefix("tree:"), name.startswith("tree:")) != sig:
             return None
-    try:
-        os.utime(_path(key))  # in use: not swept as stale (a hit is not saved again)
-    except OSError:
-        pass
-    if age > DAY:  # and so are the cached layer tars its plans ship
-        layers = os.path.dirname(_path(key)).removesuffix("plans") + "layers"
+    if touch_daily(_path(key)):  # in use: not swept as stale (a hit is not saved again), nor
+        layers = os.path.dirname(_path(key)).removesuffix("plans") + "layers"  # the tars it ships
         mark_used(name for name in entry.inputs if os.path.dirname(name) == layers)
     return entry
 
 
+def touch_daily(path: str) -> bool:
+    """Mark a cache file used now (its mtime; made if missing) unless it was within the last
+    day; whether it did. Stale entries are swept by their mtime (here, tarball._prune)."""
+    try:
+        if os.stat(path).st_mtime > time.time() - DAY:
+            return False
+    except OSError:
+        pass
+    try:
+        with open(path, "ab"):
+            pass
+        os.utime(path)
+        return True
+    except OSError:
+        return False  # a read-only cache: nothing is swept from it either
+
+
 def mark_used(tars: Iterable[str]) -> None:
-    """Stamp cached layer tars used now (<cache>/used/<name>, at most once a day each): the
-    layer cache keeps what runs used lately (tarball._prune). Not the tars' own mtime: it is
-    part of their signature here, and of the check made while one is streamed to a host."""
+    """Stamp cached layer tars used (<cache>/used/<name>): the layer cache keeps what runs
+    used lately (tarball._prune). Not the tars' own mtime: it is part of their signature
+    here, and of the check made while one is streamed to a host."""
     from . import cache_path
 
-    used, now = os.path.join(cache_path(), "used"), time.time()
+    used = os.path.join(cache_path(), "used")
+    try:
+        os.makedirs(used, mode=0o700, exist_ok=True)
+    except OSError:
+        return
     for tar in tars:
-        stamp = os.path.join(used, os.path.basename(tar))
-        try:
-            if os.stat(stamp).st_mtime > now - DAY:
-                continue
-        except OSError:
-            pass
-        try:
-            os.makedirs(used, mode=0o700, exist_ok=True)
-            with open(stamp, "ab"):
-                pass
-            os.utime(stamp)
-        except OSError:
-            pass  # a read-only cache: nothing is pruned from it either
+        touch_daily(os.path.join(used, os.path.basename(tar)))

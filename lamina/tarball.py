@@ -275,18 +275,15 @@ def _cached(key: list[Any], build: Callable[[], list[Layer]]) -> list[Layer]:
     layers_dir = _subdir("layers")
     try:
         rows = json.loads(index.read_text())
-        layers, seen = [], [index.stat()]
+        layers = []
         for row in rows:
             if not (_DIGEST.fullmatch(row["diff_id"]) and _HEX.fullmatch(row["sha256"])):
                 raise ValueError("bad index row")
             layer = Layer(row["diff_id"], layers_dir / f"{row['sha256']}.tar", row["sha256"], int(row["size"]))
-            seen.append(layer.path.stat())
-            if seen[-1].st_size != layer.size:
+            if layer.path.stat().st_size != layer.size:
                 raise ValueError("size mismatch")
             layers.append(layer)
-        if seen[0].st_mtime < time.time() - planstore.DAY:
-            with contextlib.suppress(OSError):
-                os.utime(index)
+        planstore.touch_daily(str(index))
         planstore.mark_used(str(la.path) for la in layers)
         return layers
     except (OSError, ValueError, KeyError, TypeError):
@@ -298,9 +295,9 @@ def _cached(key: list[Any], build: Callable[[], list[Layer]]) -> list[Layer]:
     return layers
 
 
-# The cache keeps what was used lately: a hit marks its index file (mtime) and its tars
-# (planstore.mark_used, as a stored plan does), and a miss removes, at most once a day, every
-# entry unused for STALE.
+# The cache keeps what was used lately: a hit marks its index file and its tars (planstore's
+# touch_daily and mark_used, as a stored plan does), and a miss removes, at most once a day,
+# every entry unused for STALE.
 STALE = planstore.STALE
 
 
@@ -310,12 +307,9 @@ def _prune() -> None:
     rebuilt; a plan stored with it is made again. Once a day (used/.pruned): the cache may
     hold 100,000s of entries, and a deep image's build misses once per layer."""
     used = _subdir("used")
-    now = time.time()
-    if _since(used / ".pruned", now - planstore.DAY):
+    if not planstore.touch_daily(str(used / ".pruned")):
         return
-    with contextlib.suppress(OSError):
-        (used / ".pruned").touch()
-    old = now - STALE
+    old = time.time() - STALE
     for sub in ("index", "layers", "used"):  # tars before their stamps
         with os.scandir(_subdir(sub)) as found:
             for entry in found:
