@@ -185,3 +185,29 @@ def test_spec_shaped_objects(workdir, spec):
     path = workdir / "objects.yml"
     path.write_text(yaml.safe_dump(spec, allow_unicode=True))
     load_everything(path)
+
+
+def parsed(parse, text: str):
+    """What a YAML parser made of the text: the data and every position, or the errors."""
+    try:
+        doc = parse(text, "f.yml")
+    except SpecInvalid as e:
+        return [str(err) for err in e.errors]
+    return doc.data, doc.values, doc.keys
+
+
+@SETTINGS
+@given(spec=SPECS, cut=st.integers(min_value=0, max_value=400),
+       junk=st.text(alphabet=st.sampled_from(string.printable + "\x00\x85\u2028é日{}%#&*!|>-:'\"[],<"), max_size=6))
+def test_libyaml_parses_as_the_pure_python_parser(spec, cut, junk):
+    """The fast path (libyaml composes the nodes) gives the same values at the same lines and
+    columns as PyYAML's pure-Python parser, and the same errors (it defers to it for those)."""
+    text = yaml.safe_dump(spec, allow_unicode=True, default_flow_style=None)
+    cut = min(cut, len(text))
+    text = text[:cut] + junk + text[cut + len(junk) // 2:]
+    assert parsed(loader.parse, text) == parsed(loader._parse, text)
+
+
+def test_libyaml_is_there():
+    """PyYAML's wheels carry libyaml: without it every plan parses at a tenth of the speed."""
+    assert loader._FastLoader is yaml.CSafeLoader
