@@ -141,8 +141,9 @@ def bench_specs(sizes: Sequence[int], runs: int, work: Path, approaches: Sequenc
                     firsts[name].append(timed(argv))
                 if count_mounts(prefix) != 3 * n:
                     raise SystemExit(f"bench: {name} N={n}: {count_mounts(prefix)} mounts, want {3 * n}")
+            # a no-op run is cheap: 11 at least, for medians that hold still
             noops, commands = _noops({name: setups[name][0] for name in group},
-                                     max(tries, 5) if group == paired else tries)  # a no-op run is cheap: 5 at least
+                                     max(tries, 11) if group == paired else tries)
             for name in group:
                 on_hosts(setups[name][1])
                 row = {"n": n, "approach": name, "runs": tries, "noop_runs": len(noops[name]),

@@ -32,6 +32,7 @@ class Done:
     ok: bool
     stdout: list[str]
     stderr: list[str]
+    text: str = ""  # stdout as it came, on lamina's own connections: what the fast path's digests are of
 
 
 # Connector arguments that change how a command is run (other users, su, doas, passwords):

@@ -1,5 +1,6 @@
-"""One host's converge, once it is known to differ: lock, look again, put the layers
-there, then one script for directories, mounts and purges.
+"""One host's converge, once it is known to differ: lock and look again (one round trip),
+put the layers there, then one script for directories, mounts and purges, which ends by
+reading the host once more for the next run's fast path.
 
 It runs on a `Remote` — pyinfra's connection inside lamina's operation, or the fast
 read's OpenSSH connection — and raises remote.Failed with the user's message.
@@ -7,6 +8,7 @@ read's OpenSSH connection — and raises remote.Failed with the user's message.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -19,8 +21,9 @@ from .remote import Failed, Remote, message
 Recorder = Callable[[str, HostPlan, facts.HostState, diffing.Result], None]
 
 
-def read(remote: Remote, plan: HostPlan) -> facts.HostState:
-    done = remote.run(facts.command(plan))
+def read(remote: Remote, plan: HostPlan, lock_timeout: float) -> facts.HostState:
+    """Take the host's lock and read it (again): another run may have changed it."""
+    done = remote.lock(lock_timeout, facts.command(plan))
     if not done.ok:
         raise Failed(message(done, "reading the host's state failed"))
     return facts.parse(done.stdout)
@@ -40,10 +43,11 @@ def with_layers(actual: facts.HostState, plan: HostPlan, stored: Stored) -> fact
                    staging=tuple(stored.staged), damaged=actual.damaged - set(stored.quarantined))
 
 
-def converge(remote: Remote, plan: HostPlan, record: Recorder, lock_timeout: float) -> None:
-    # Hold the host's lock, then look (again): another run may have changed the host.
-    remote.lock(lock_timeout)
-    actual = read(remote, plan)
+def converge(remote: Remote, plan: HostPlan, record: Recorder, lock_timeout: float,
+             settle: str | None = None) -> str | None:
+    """`settle`: a command that reads the host once its script has run, still under the lock
+    and in the same round trip; what it printed is returned (None: no script ran)."""
+    actual = read(remote, plan, lock_timeout)
     result = diffing.diff(plan, actual)
     record(remote.name, plan, actual, result)
     if result.errors:  # refuse the whole host before touching it
@@ -64,7 +68,13 @@ def converge(remote: Remote, plan: HostPlan, record: Recorder, lock_timeout: flo
         if result.errors or result.materialize:
             raise Failed("; ".join(result.errors or [f"{m.ref.label}: still missing after shipping"
                                                      for m in result.materialize]))
-    if result.changes:
-        done = remote.run(diffing.script(result))
-        if not done.ok:
-            raise Failed(message(done, "the script failed"))
+    if not result.changes:
+        return None
+    script, mark = diffing.script(result), f"@@lamina-settled-{os.urandom(8).hex()}"
+    if settle:  # (a subshell: the script's `exit` or `set -e` end it, and the read does not run)
+        script = f"(\n{script}\n) || exit\nprintf '\\n%s\\n' {mark}\n{settle}"
+    done = remote.run(script)
+    if not done.ok:
+        raise Failed(message(done, "the script failed"))
+    _, found, after = done.text.partition(f"\n{mark}\n")
+    return after if settle and found else None

@@ -25,8 +25,9 @@ class Remote(Protocol):
     def stream(self, command: str, data: Iterable[bytes | FilePart], spool: str) -> Done:
         """Run a command with `data` as its stdin (`spool`: where a host without a stream may stage it)."""
 
-    def lock(self, timeout: float) -> None:
-        """Take the host's apply lock (Failed when another run holds it past `timeout`)."""
+    def lock(self, timeout: float, then: str) -> Done:
+        """Take the host's apply lock (Failed when another run holds it past `timeout`), then
+        run the command `then` under it: one round trip where the remote can."""
 
     def close(self) -> None:
         """Done with the host: let go of what `lock` holds."""
@@ -61,7 +62,11 @@ class PyinfraHost:
     def stream(self, command: str, data: Iterable[bytes | FilePart], spool: str) -> Done:
         return channel.run(self.host, command, data, self.sudo, self.args, spool=spool)
 
-    def lock(self, timeout: float) -> None:
+    def lock(self, timeout: float, then: str) -> Done:
+        self._lock(timeout)
+        return self.run(then)
+
+    def _lock(self, timeout: float) -> None:
         if getattr(self.host, "lamina_lock", None) is not None:
             return  # held since an earlier operation of this deploy, until the connection closes
         client = getattr(self.host.connector, "client", None)
@@ -98,20 +103,27 @@ class OpenSSH:
         self._shell_lock = False
 
     def run(self, command: str) -> Done:
-        out = self.connections.run(self.name, command)
-        return Done(out.ok, out.stdout.splitlines(), out.stderr.splitlines())
+        return _done(self.connections.run(self.name, command))
 
     def stream(self, command: str, data: Iterable[bytes | FilePart], spool: str) -> Done:
         return channel.stream(self.connections.open(self.name, channel.wrap(command, self.sudo)), data)
 
-    def lock(self, timeout: float) -> None:
-        held = self.connections.run(self.name, lock.in_shell(timeout), timeout + 30, toplevel=True)
+    def lock(self, timeout: float, then: str) -> Done:
+        if self._shell_lock or self._lock is not None:
+            return self.run(then)  # held already
+        # the lock and `then` in one script: the shell keeps the lock, `then` runs in a subshell
+        script = f'{lock.in_shell(timeout)}\n[ -z "${{lamina_held:-}}" ] || (\n{then}\n) </dev/null'
+        held = self.connections.run(self.name, script, timeout + 30, toplevel=True)
         if held is not None:  # the host's shell took it (or said why not); else a session of its own
-            reply = held.stdout.strip()
-            if reply != "locked":
-                raise Failed(lock.busy(reply, held.stderr, timeout))
+            reply, _, rest = held.stdout.partition("\n")
+            if reply.strip() != "locked":
+                raise Failed(lock.busy(reply.strip(), held.stderr, timeout))
             self._shell_lock = True
-            return
+            return _done(held._replace(stdout=rest))
+        self._session_lock(timeout)
+        return self.run(then)
+
+    def _session_lock(self, timeout: float) -> None:
         proc = self.connections.open(self.name, lock.command(timeout, self.sudo))
         reply = proc.stdout.readline().decode(errors="replace").strip()
         if reply != "locked":
@@ -133,3 +145,7 @@ class OpenSSH:
             except subprocess.TimeoutExpired:
                 self._lock.kill()
             self._lock = None
+
+
+def _done(out) -> Done:
+    return Done(out.ok, out.stdout.splitlines(), out.stderr.splitlines(), out.stdout)

@@ -266,8 +266,8 @@ def _converge(connections, plans: dict[str, HostPlan], report: Report, lock_time
     def one(name: str) -> None:
         remote = OpenSSH(connections, name)
         try:
-            converge(remote, plans[name], report.record, lock_timeout)
-            _settled(connections, name, plans[name], entry)
+            settled = converge(remote, plans[name], report.record, lock_timeout, settle=entry.command(name))
+            _settled(connections, name, plans[name], entry, settled)
         except Failed as e:
             report.fail(name, str(e))
         finally:
@@ -277,21 +277,24 @@ def _converge(connections, plans: dict[str, HostPlan], report: Report, lock_time
     entry.save()
 
 
-def _settled(connections, name: str, plan: HostPlan, entry) -> None:
-    """Read a converged host once more, still under its lock: in sync (as it should be), its
-    output is remembered, so the next run (the re-run users make right after an apply) is
-    answered by the fast path without the planner."""
+def _settled(connections, name: str, plan: HostPlan, entry, output: str | None) -> None:
+    """A converged host read once more, still under its lock (`output`: read by the converge's
+    script itself, else read now): in sync (as it should be), its output is remembered, so
+    the next run (the re-run users make right after an apply) is answered by the fast path
+    without the planner."""
     from . import facts
 
-    out = connections.run(name, entry.command(name))
-    if not out.ok:
-        return
+    if output is None:
+        out = connections.run(name, entry.command(name))
+        if not out.ok:
+            return
+        output = out.stdout
     try:
-        result = diff(plan, facts.parse(out.stdout.splitlines()))
+        result = diff(plan, facts.parse(output.splitlines()))
     except Exception:  # noqa: BLE001 - the next run plans it afresh, and says what it finds
         return
     if result.in_sync:
-        entry.remember(name, out.stdout, result)
+        entry.remember(name, output, result)
 
 
 def run(inventory_path: str, specs: Sequence[str], *, apply: bool, sudo: bool = False,

@@ -5,6 +5,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ "$(id -u)" = 0 ] || { echo "test: run as root (test hosts need network namespaces)" >&2; exit 1; }
 ./scripts/bootstrap.sh
+# skopeo reads lamina's docker-save and OCI archives in the unit tests (a test-only tool)
+if ! command -v skopeo >/dev/null 2>&1; then
+  echo "test: installing skopeo"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo >/dev/null; }
+fi
 .venv/bin/ruff check lamina tests deploy.py inventories roles bench
 run() {
   local rc=0

@@ -7,9 +7,12 @@ Counts come from each host's sshd log (one "Starting session" per remote command
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
-from test_engine import changes, hosts, lamina, mounts  # noqa: F401  (fixture)
+from test_engine import REPO, as_test_user, changes, hosts, lamina, mounts  # noqa: F401  (fixture)
 
 
 def _sessions(lab, marks) -> dict[str, list[str]]:
@@ -52,6 +55,45 @@ def test_only_the_drifted_host_changes_and_pyinfra_is_never_imported(hosts, tmp_
     # the converge read the host once more and remembered it in sync: the re-run needs no planner
     again = lamina("apply", "-i", str(lab.inventory), env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert re.search(r"^\S+: 0 changed", again.stdout, re.M) and "| lamina.runner" not in again.stderr
+
+
+# lamina's CLI with every script it sends a host's shell counted (sshrun.Connections.run),
+# printed as JSON on the last line of stderr
+COUNTING = """
+import atexit, json, sys
+from collections import Counter
+from lamina import cli, sshrun
+counts, run = Counter(), sshrun.Connections.run
+def counted(self, name, script, *args, **kwargs):
+    counts[name] += 1
+    return run(self, name, script, *args, **kwargs)
+sshrun.Connections.run = counted
+code = cli.main(sys.argv[1:])
+print(json.dumps(counts), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_a_drifted_host_converges_in_three_round_trips(hosts, tmp_path):  # noqa: F811
+    """The fast read; the lock and a second read, in one script; then the changes and the
+    read that the next run's fast path compares with, in one script. The other hosts: their
+    read only."""
+    lab = hosts
+    changes(lab)
+    victim = lab.hosts[0]
+    assert lab.run(victim, "umount /mnt/demo-shared").returncode == 0
+    args, env = as_test_user(("apply", "-i", str(lab.inventory)), None)
+    out = subprocess.run([sys.executable, "-c", COUNTING, *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, **env})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(rf"^{victim}: 1 changed", out.stdout, re.M), out.stdout
+    assert json.loads(out.stderr.splitlines()[-1]) == {h: 3 if h == victim else 1 for h in lab.hosts}
+    # and what that last script read is what the re-run finds: in sync, one read per host, no planner
+    again = subprocess.run([sys.executable, "-c", COUNTING, *args], cwd=REPO, capture_output=True, text=True,
+                           timeout=300, env={**os.environ, **env, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert again.returncode == 0 and re.search(rf"^{victim}: 0 changed", again.stdout, re.M), again.stdout
+    assert "| lamina.runner" not in again.stderr
+    assert json.loads(again.stderr.splitlines()[-1]) == {h: 1 for h in lab.hosts}
 
 
 def test_an_inventory_only_pyinfra_can_read_gives_the_same_answer(hosts, tmp_path):  # noqa: F811

@@ -354,13 +354,13 @@ def test_the_state_after_storing_layers_is_what_a_fresh_read_finds(hosts):
     plan = host_plan(h, data, [DEMO])
 
     def store_and_compare(remote, plan, actions):
-        actual = converge.read(remote, plan)
+        actual = converge.read(remote, plan, 60)  # takes the lock (the first time)
         todo = diff(plan, actual).materialize
         assert {m.action for m in todo} == actions
         replaced = frozenset(m.digest for m in todo if m.damaged)
         view = Host(plan, actual)
         stored = materialize(remote, plan, todo, view.names, known(view, plan.layers.values()))
-        derived, fresh = converge.with_layers(actual, plan, stored), converge.read(remote, plan)
+        derived, fresh = converge.with_layers(actual, plan, stored), converge.read(remote, plan, 60)
         for field in ("layers", "links", "files", "staging", "damaged", "mounts", "paths"):
             assert getattr(derived, field) == getattr(fresh, field), field
         a, b = diff(plan, derived, replaced), diff(plan, fresh, replaced)
@@ -372,7 +372,6 @@ def test_the_state_after_storing_layers_is_what_a_fresh_read_finds(hosts):
     with sshrun.Connections.for_inventory(str(lab.inventory), [h], False) as conns:
         remote = OpenSSH(conns, h)
         try:
-            remote.lock(60)
             stored = store_and_compare(remote, plan, {"ship", "build"})
             base, site = (ref.digest for ref in plan.images["web"].layers[:2])  # the archive, the copied site
             base_link = next(n for n, t in stored.links.items() if t == f"../layers/{base}/diff")
