@@ -162,8 +162,8 @@ def parse(text: str, file: str) -> Document:
             finally:
                 loader.dispose()
             return doc
-        except (yaml.YAMLError, SpecInvalid, RecursionError):
-            pass  # said again below, in the words of the pure-Python loader
+        except Exception:  # noqa: BLE001 - YAML errors, nesting, a lone surrogate a template made...
+            pass  # ... are said again below, in the words of the pure-Python loader
     return _parse(text, file)
 
 

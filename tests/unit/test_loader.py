@@ -172,6 +172,15 @@ def test_templates_see_host_data(tmp_path):
     assert "1:1: template: 'src' is undefined" in str(e.value)
 
 
+def test_a_template_that_renders_a_lone_surrogate_is_a_located_error(tmp_path):
+    """Host data can carry what no UTF-8 file can (a surrogate-escaped byte): libyaml cannot
+    even take such text, and the pure-Python parser says where it is."""
+    p = write(tmp_path, "binds: {b1: {source: /srv/{{ name }}, target: /mnt/b}}")
+    with pytest.raises(SpecInvalid) as e:
+        loader.load([p], {"name": "\udc80"})
+    assert "1:27: YAML: unacceptable character #xdc80" in str(e.value)
+
+
 def test_non_utf8_and_missing_file(tmp_path):
     p = tmp_path / "bin.yml"
     p.write_bytes(b"volumes:\n  v\xff: {}\n")
