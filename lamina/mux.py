@@ -7,7 +7,7 @@ Here the three are pipes whose other ends lamina keeps, so the master reads and 
 directly, as it would a client's; what is saved is the exec of ssh (its start-up, config and
 libraries: ~10 ms of CPU) for every script shell, lock and layer stream. A session behaves
 like the subprocess.Popen of that client: stdin/stdout/stderr, wait, poll, kill, returncode.
-`terminate` ends a master, as `ssh -O exit` does.
+`terminate` ends masters, as `ssh -O exit` does.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 import subprocess
+from collections.abc import Iterable
 
 HELLO, NEW_SESSION, TERMINATE, VERSION = 0x00000001, 0x10000002, 0x10000005, 4
 S_PERMISSION_DENIED, S_FAILURE, S_EXIT_MESSAGE = 0x80000002, 0x80000003, 0x80000004
@@ -35,19 +36,24 @@ def _string(data: bytes) -> bytes:
 class _Control:
     """A connection to the master's control socket, past the hello exchange."""
 
-    def __init__(self, control_path: str, timeout: float | None):
+    def __init__(self, control_path: str, timeout: float | None, greeted: bool = True):
+        """`greeted` False: the master's hello is left to `greeted()`, to be read later."""
         self._buffer = bytearray()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
             self._sock.connect(control_path)
             self.send(struct.pack(">II", HELLO, VERSION))
-            kind, version = struct.unpack(">II", self.packet()[:8])  # extensions follow; none are used
-            if kind != HELLO or version != VERSION:
-                raise Refused(f"control socket speaks mux protocol {kind:#x}/{version}, not {VERSION}")
+            if greeted:
+                self.greeted()
         except BaseException:
             self._sock.close()
             raise
+
+    def greeted(self) -> None:
+        kind, version = struct.unpack(">II", self.packet()[:8])  # extensions follow; none are used
+        if kind != HELLO or version != VERSION:
+            raise Refused(f"control socket speaks mux protocol {kind:#x}/{version}, not {VERSION}")
 
     def __enter__(self):
         return self
@@ -73,15 +79,31 @@ class _Control:
             self._buffer += chunk
 
 
-def terminate(control_path: str, timeout: float = 1) -> None:
-    """Ask the master to close its connection and exit (`ssh -O exit`). Unlike SIGTERM, which
-    OpenSSH 9.2's client can miss until its next poll timeout, the master acts on it at once."""
-    with _Control(control_path, timeout) as control:
-        control.send(struct.pack(">II", TERMINATE, 1))
+def terminate(control_paths: Iterable[str], timeout: float = 1) -> list[str]:
+    """Ask masters to close their connections and exit (`ssh -O exit`); the control paths of
+    those that could not be asked. Unlike SIGTERM, which OpenSSH 9.2's client can miss until
+    its next poll timeout, a master acts on it at once. Every master is asked before any
+    answer is awaited (one by one, each took a wake-up of a master, ~1.5 ms): a master reads
+    its control socket a message at a time, so the request may follow the hello unanswered."""
+    controls, failed = {}, []
+    for path in control_paths:
         try:
-            control.packet()  # MUX_S_OK, or the socket closing as the master exits
-        except EOFError:
-            pass
+            controls[path] = control = _Control(path, timeout, greeted=False)
+            control.send(struct.pack(">II", TERMINATE, 1))
+        except (OSError, EOFError, Refused):
+            failed.append(path)
+    for path, control in controls.items():
+        with control:
+            if path in failed:
+                continue
+            try:
+                control.greeted()
+                control.packet()  # MUX_S_OK, or the socket closing as the master exits
+            except EOFError:
+                pass
+            except (OSError, Refused):
+                failed.append(path)
+    return failed
 
 
 class Session(_Control):

@@ -240,15 +240,15 @@ class Connections:
             raise errors[0]
         return {n: results[n] for n in names}
 
-    def _terminate(self, name: str, master: _Spawned) -> None:
-        """Ask the master to exit through its control socket: OpenSSH 9.2's client can miss a
-        SIGTERM that lands just before it polls (it wakes at its next timeout, seconds later)."""
+    def _terminate(self, names: list[str]) -> None:
+        """Ask the masters to exit through their control sockets (SIGTERM to one that cannot
+        be asked): OpenSSH 9.2's client can miss a SIGTERM that lands just before it polls (it
+        wakes at its next timeout, seconds later)."""
         from . import mux
 
-        try:
-            mux.terminate(self._socket(self.index[name]))
-        except (OSError, EOFError, mux.Refused):
-            master.terminate()
+        sockets = {self._socket(self.index[name]): name for name in names}
+        for path in mux.terminate(sockets):
+            self.masters[sockets[path]].terminate()
 
     def close(self, wait: bool = True) -> None:
         """End the shells (end of input), then the connections; a master that has not gone
@@ -261,9 +261,7 @@ class Connections:
             for shell in self.shells.values():
                 shell.end()
             _ended([s.proc for s in self.shells.values()], 5)
-        for name, master in self.masters.items():
-            if master.poll() is None:
-                self._terminate(name, master)
+        self._terminate([name for name, master in self.masters.items() if master.poll() is None])
         if wait:
             _ended(self.masters.values(), 0.3)
         for shell in self.shells.values():

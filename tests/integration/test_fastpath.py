@@ -210,3 +210,18 @@ def test_an_in_sync_rerun_ends_at_once_and_leaves_no_connection_behind(hosts, tm
     while masters() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert masters() == []
+
+
+def test_every_master_is_told_to_exit_at_once(hosts, tmp_path):  # noqa: F811
+    """mux.terminate: every master asked before any answer is awaited; each exits, and a
+    control path with no master behind it is named (sshrun sends that one SIGTERM)."""
+    from lamina import mux, sshrun
+
+    lab = hosts
+    with sshrun.Connections.for_inventory(str(lab.inventory), lab.hosts, False) as conns:
+        assert all(conns.run(h, "true").ok for h in lab.hosts)  # every master is up
+        paths = [conns._socket(conns.index[h]) for h in lab.hosts]
+        nobody = str(tmp_path / "no-master")
+        assert mux.terminate([*paths, nobody], timeout=5) == [nobody]
+        for h in lab.hosts:
+            conns.masters[h].wait(timeout=10)  # gone (255: its sessions were cut), not timed out
