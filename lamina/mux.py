@@ -34,10 +34,10 @@ def _string(data: bytes) -> bytes:
 
 
 class _Control:
-    """A connection to the master's control socket, past the hello exchange."""
+    """A connection to the master's control socket: hello said, and the master's read (unless
+    `greeted` is False: then by `greeted()`, later)."""
 
     def __init__(self, control_path: str, timeout: float | None, greeted: bool = True):
-        """`greeted` False: the master's hello is left to `greeted()`, to be read later."""
         self._buffer = bytearray()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
