@@ -394,7 +394,11 @@ def entry() -> None:
     """The `lamina` command. After an in-sync re-run the process ends at once: it has nothing
     left to finalize (no temporary file, thread or pending write), and freeing the
     interpreter's objects one by one would take ~10 ms of a ~250 ms run."""
-    code = main()
+    try:
+        code = main(stop_on_sigterm=True)
+    except Terminated:  # before main's own handlers could take it
+        print("lamina: terminated", file=sys.stderr)
+        code = 143
     if _only_read:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -405,12 +409,27 @@ def entry() -> None:
     sys.exit(code)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class Terminated(BaseException):
+    """SIGTERM arrived (`kill`, a cancelled CI job): unwound like Ctrl-C."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated
+
+
+def main(argv: Sequence[str] | None = None, stop_on_sigterm: bool = False) -> int:
+    """`stop_on_sigterm` (the `lamina` command): SIGTERM ends the run through the `finally`
+    blocks that close its connections and tell each host's ssh master to exit, as Ctrl-C
+    does; by Python's default the masters would be left running, connected, on their own."""
     argv = sys.argv[1:] if argv is None else list(argv)
     # plan and apply connect to their hosts first, and import, parse and plan while the SSH
     # handshakes run: before argparse is imported, when the hosts can be told without it
     named = _hosts_named(argv)
     early = _connect(*named) if named else None
+    if stop_on_sigterm:
+        import signal  # (loaded by now when connections were made: after them, it costs nothing)
+
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         args = parser(argv[0] if argv and argv[0] in ("plan", "apply") else None).parse_args(argv)
     except BaseException:  # a usage error or --help: nothing was run on the connections
@@ -437,6 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lamina: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("lamina: terminated", file=sys.stderr)
+        return 143  # 128 + SIGTERM
     except BrokenPipeError:  # `lamina plan | head`: the reader left; say nothing more, as cat would
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush

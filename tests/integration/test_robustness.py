@@ -211,3 +211,48 @@ def test_no_secret_reaches_the_output(hosts, tmp_path):
     for cmd in ("plan", "apply", "verify"):
         out = lamina(cmd, "-i", str(inv), check=None)
         assert secret not in out.stdout + out.stderr, cmd
+
+
+def test_sigterm_ends_a_run_and_its_connections(hosts, tmp_path):
+    """`kill` (a cancelled CI job) while apply waits for a lock: lamina unwinds as on Ctrl-C,
+    exits 143, and its ssh master goes with it (Python's default left it running, connected,
+    on its own) along with the run's control directory."""
+    import signal
+
+    from test_engine import REPO, as_test_user
+
+    lab = hosts
+    h = lab.hosts[1]
+    holder = subprocess.Popen(lab.ssh_argv(h, "mkdir -p /run/lamina && exec flock /run/lamina/apply.lock sleep 30"))
+    control = tmp_path / "control"
+    control.mkdir()
+    try:
+        time.sleep(0.5)
+        args, env = as_test_user(("apply", "-i", str(lab.inventory), "--limit", h), None)
+        run = subprocess.Popen([sys.executable, "-m", "lamina.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, **env, "TMPDIR": str(control)})
+        deadline = time.monotonic() + 30
+        while not any(control.rglob("*")) and time.monotonic() < deadline:  # its master is up
+            time.sleep(0.05)
+        time.sleep(1)  # and it waits for the lock
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=30)
+        assert run.returncode == 143 and "lamina: terminated" in err, err
+    finally:
+        holder.kill()
+
+    def ours() -> list[str]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+            except OSError:
+                continue
+            if str(control) in argv:
+                found.append(argv.replace("\0", " "))
+        return found
+
+    deadline = time.monotonic() + 10
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ours() == [] and list(control.iterdir()) == []
