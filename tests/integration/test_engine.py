@@ -92,6 +92,26 @@ def changed_objects(report: dict) -> dict[str, list[str]]:
     return {h: [c["object"] for c in r["changed"]] for h, r in report.items()}
 
 
+def gone(control: Path) -> bool:
+    """Whether every process naming the run's control directory (its ssh masters) has exited,
+    waiting up to 10 s for them."""
+    def naming() -> list[str]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+            except OSError:
+                continue
+            if str(control) in argv:
+                found.append(argv)
+        return found
+
+    deadline = time.monotonic() + 10
+    while naming() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not naming()
+
+
 def mounts(lab, host: str) -> list[str]:
     out = lab.run(host, "awk '$5 ~ \"^/(srv|mnt)/\" {print $5}' /proc/self/mountinfo")
     return out.stdout.split()

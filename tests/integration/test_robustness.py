@@ -219,7 +219,7 @@ def test_sigterm_ends_a_run_and_its_connections(hosts, tmp_path):
     on its own) along with the run's control directory."""
     import signal
 
-    from test_engine import REPO, as_test_user
+    from test_engine import REPO, as_test_user, gone
 
     lab = hosts
     h = lab.hosts[1]
@@ -240,19 +240,4 @@ def test_sigterm_ends_a_run_and_its_connections(hosts, tmp_path):
         assert run.returncode == 143 and "lamina: terminated" in err, err
     finally:
         holder.kill()
-
-    def ours() -> list[str]:
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                argv = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
-            except OSError:
-                continue
-            if str(control) in argv:
-                found.append(argv.replace("\0", " "))
-        return found
-
-    deadline = time.monotonic() + 10
-    while ours() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert ours() == [] and list(control.iterdir()) == []
+    assert gone(control) and list(control.iterdir()) == []
