@@ -396,9 +396,9 @@ def entry() -> None:
     interpreter's objects one by one would take ~10 ms of a ~250 ms run."""
     try:
         code = main(stop_on_sigterm=True)
-    except Terminated:  # before main's own handlers could take it
+    except Terminated:  # raised wherever main was; its `finally` blocks have run
         print("lamina: terminated", file=sys.stderr)
-        code = 143
+        code = 143  # 128 + SIGTERM
     if _only_read:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -456,9 +456,6 @@ def main(argv: Sequence[str] | None = None, stop_on_sigterm: bool = False) -> in
     except KeyboardInterrupt:
         print("lamina: interrupted", file=sys.stderr)
         return 130
-    except Terminated:
-        print("lamina: terminated", file=sys.stderr)
-        return 143  # 128 + SIGTERM
     except BrokenPipeError:  # `lamina plan | head`: the reader left; say nothing more, as cat would
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush

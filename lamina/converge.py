@@ -70,11 +70,14 @@ def converge(remote: Remote, plan: HostPlan, record: Recorder, lock_timeout: flo
                                                      for m in result.materialize]))
     if not result.changes:
         return None
-    script, mark = diffing.script(result), f"@@lamina-settled-{os.urandom(8).hex()}"
+    script = diffing.script(result)
+    mark = f"@@lamina-settled-{os.urandom(8).hex()}"
     if settle:  # (a subshell: the script's `exit` or `set -e` end it, and the read does not run)
         script = f"(\n{script}\n) || exit\nprintf '\\n%s\\n' {mark}\n{settle}"
     done = remote.run(script)
     if not done.ok:
         raise Failed(message(done, "the script failed"))
+    if not settle:
+        return None
     _, found, after = done.text.partition(f"\n{mark}\n")
-    return after if settle and found else None
+    return after if found else None
